@@ -1,0 +1,1 @@
+"""Shared helpers of the birdmesh toolkit: errors, configs, video I/O, colour, DAVIS data, metrics."""

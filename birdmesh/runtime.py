@@ -1,0 +1,52 @@
+"""Device choice, seeding and the location of the shared data folder."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+DATA_ENV = "BIRDMESH_DATA"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Map ``auto`` to CUDA when present, else CPU; check an explicit ``cuda`` is available."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"--device {name}: {err}") from None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) for reproducible runs."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def data_root(explicit: str | None = None) -> Path:
+    """The shared data folder: ``explicit``, else ``$BIRDMESH_DATA``, else ``../shared/data`` beside the repo."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV])
+    repo = Path(__file__).resolve().parents[1]
+    for candidate in (repo.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"):
+        if candidate.is_dir():
+            return candidate
+    return repo.parent / "shared" / "data"
+
+
+def resolve_data_path(path: str) -> Path:
+    """Expand a config path: a leading ``$DATA/`` means the shared data folder."""
+    if path.startswith("$DATA/") or path == "$DATA":
+        return data_root() / path[len("$DATA/"):]
+    return Path(path)

@@ -1,0 +1,74 @@
+"""Config of the correspondence jobs (training, propagation, evaluation); every key documented beside its default."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    use_layer4: bool = False  # keep ResNet-18 layer4 (stride 1, 512-d, UVC) or stop after layer3 (256-d, CRW)
+    temperature: float = 0.07  # softmax temperature of the affinity between L2-normalized features
+    ae_channels: int = 64  # width of the colour autoencoder's stride-8 code
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    lab_weights: tuple[float, float, float] = (1.0, 10.0, 10.0)  # L1 weights of L, a, b (UVC: 1 / 10 / 10)
+    color_switch: float = 0.1  # orthogonal regularization in colour space (reference rebuilt through A^T)
+    concentration: float = 0.3  # window concentration regularizer (UVC --lc 0.3)
+    concentration_window: int = 8  # window of the concentration regularizer, in feature cells
+    coordinate_cycle: float = 0.0  # optional cycle term in coordinate space (0 in UVC's released run)
+    outlier_threshold: Optional[float] = 2.5  # per-sample loss above this is dropped (None = off)
+    outlier_warmup_steps: int = 2000  # no outlier rejection during the first steps of each phase
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    roots: tuple[str, ...] = ("$DATA/train_videos",)  # folders searched for frame folders and video clips
+    cache_dir: str = "runs/frame_cache"  # decoded, downscaled frames (uint8 .npy per video), built once
+    cache_short_side: int = 160  # frames are cached with this short side
+    cache_stride: int = 1  # keep every n-th frame of each video in the cache
+    max_gap: int = 10  # frame pairs are 1..max_gap cached frames apart
+    patch_size: int = 128  # warm-up: both frames cropped to this square size
+    frame_size: int = 192  # phase 2: target frame size (square)
+    ref_patch_size: int = 96  # phase 2: reference patch cropped from the reference frame
+    rotation_deg: float = 10.0  # random rotation of the reference frame
+    scale_range: tuple[float, float] = (0.8, 1.2)  # random scale of the crops
+    workers: int = 1  # DataLoader worker processes
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out_dir: str = "runs/uvc_cpu"
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int = 8  # per process
+    lr: float = 1e-4
+    ae_steps: int = 1500  # colour autoencoder pretraining steps (then frozen)
+    ae_lr: float = 1e-3
+    warmup_steps: int = 3000  # phase 1: whole-patch reconstruction
+    steps: int = 20000  # total steps of phases 1 + 2
+    checkpoint_every: int = 250
+    log_every: int = 25
+    threads: int = 0  # torch threads per process (0 = leave torch's default)
+
+
+@dataclass(frozen=True)
+class PropagationConfig:
+    context_previous: int = 7  # the first frame plus this many previous predictions
+    topk: int = 10  # references kept per target position
+    radius: float = 12.0  # local window (feature cells) for previous frames; <= 0 means global
+    temperature: float = 0.05  # softmax temperature over the top-k similarities
+    max_side: int = 854  # frames are resized so their longer side is at most this
+    chunk_size: int = 2048  # target positions per affinity chunk (bounds memory)
+    use_bf16: bool = True  # bfloat16 encoder on CPUs that support it (2x faster, same labels)
+
+
+@dataclass(frozen=True)
+class UVCConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    propagation: PropagationConfig = field(default_factory=PropagationConfig)

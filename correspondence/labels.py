@@ -1,0 +1,38 @@
+"""Conversions between label images and the soft label maps that propagation carries (channel 0 background)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .networks import normalize_lab
+
+
+def index_to_soft(labels: np.ndarray, num_channels: int | None = None) -> torch.Tensor:
+    """Object indices (H, W) int -> one-hot soft labels (C, H, W) float, C = max + 1 unless given."""
+    labels_t = torch.from_numpy(np.asarray(labels).astype(np.int64))
+    num_channels = num_channels or int(labels_t.max()) + 1
+    return F.one_hot(labels_t, num_channels).permute(2, 0, 1).float()
+
+
+def soft_to_index(soft: torch.Tensor) -> np.ndarray:
+    """Soft labels (C, H, W) -> object indices (H, W) uint8 by argmax."""
+    return soft.argmax(dim=0).to(torch.uint8).cpu().numpy()
+
+
+class PixelFeatures(nn.Module):
+    """The no-learning baseline: 3 x 3 neighbourhoods of stride-8 Lab colours as features (27-d, normalized).
+
+    Same interface as the learned model (``features(lab)``), so one propagation function serves both.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("anchor", torch.zeros(1))  # gives the module a device
+
+    def features(self, lab: torch.Tensor) -> torch.Tensor:
+        """Lab (B, 3, H, W) -> (B, 27, ceil(H / 8), ceil(W / 8)) L2-normalized."""
+        pooled = F.avg_pool2d(normalize_lab(lab), 8, stride=8, ceil_mode=True)
+        patches = F.unfold(F.pad(pooled, (1, 1, 1, 1), mode="replicate"), 3)
+        return F.normalize(patches.view(lab.shape[0], 27, *pooled.shape[-2:]), dim=1)

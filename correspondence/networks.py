@@ -1,0 +1,91 @@
+"""Networks of the correspondence model: the stride-8 ResNet-18 on the L channel and the Lab colour autoencoder."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+
+def lab_to_network_input(lab: torch.Tensor) -> torch.Tensor:
+    """Lab (B, 3, H, W) with L in [0, 100] -> the encoder's input, L only, scaled to [-1, 1]: (B, 1, H, W)."""
+    return lab[:, :1] / 50.0 - 1.0
+
+
+def normalize_lab(lab: torch.Tensor) -> torch.Tensor:
+    """Lab (B, 3, H, W) -> each channel roughly in [-1, 1] (L / 50 - 1, a / 110, b / 110): the AE's space."""
+    scale = lab.new_tensor([50.0, 110.0, 110.0]).view(1, 3, 1, 1)
+    shift = lab.new_tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    return lab / scale - shift
+
+
+def denormalize_lab(lab_normalized: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`normalize_lab`."""
+    scale = lab_normalized.new_tensor([50.0, 110.0, 110.0]).view(1, 3, 1, 1)
+    shift = lab_normalized.new_tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    return (lab_normalized + shift) * scale
+
+
+class GrayEncoder(nn.Module):
+    """ResNet-18 (torchvision definition, random init) on the L channel, output stride 8.
+
+    ``use_layer4=False`` stops after layer3 (256-d, layer3 with stride 1, as CRW); ``True`` keeps layer4 with
+    stride 1 too (512-d, as UVC). Output features are L2-normalized over channels.
+    """
+
+    def __init__(self, use_layer4: bool = False):
+        super().__init__()
+        net = torchvision.models.resnet18(weights=None)
+        net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        layers = [net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3]
+        _make_stride_one(net.layer3)
+        if use_layer4:
+            _make_stride_one(net.layer4)
+            layers.append(net.layer4)
+        self.body = nn.Sequential(*layers)
+        self.out_channels = 512 if use_layer4 else 256
+
+    def forward(self, lab: torch.Tensor) -> torch.Tensor:
+        """Lab (B, 3, H, W) -> L2-normalized features (B, C, H / 8, W / 8)."""
+        return F.normalize(self.body(lab_to_network_input(lab)), dim=1)
+
+
+def _make_stride_one(layer: nn.Sequential) -> None:
+    block = layer[0]
+    block.conv1.stride = (1, 1)
+    if block.downsample is not None:
+        block.downsample[0].stride = (1, 1)
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.ReLU(inplace=True))
+
+
+class ColorAutoencoder(nn.Module):
+    """Lab colour autoencoder: stride-8 encoder (B, 3, H, W) -> (B, D, H/8, W/8) and decoder back to Lab.
+
+    Works in the normalized Lab space of :func:`normalize_lab`. Trained once on video frames, then frozen: the
+    correspondence model reconstructs a target's AE features from the reference's and decodes them.
+    """
+
+    def __init__(self, channels: int = 64):
+        super().__init__()
+        self.encoder = nn.Sequential(_conv(3, 32), _conv(32, 32, 2), _conv(32, 64), _conv(64, 64, 2),
+                                     _conv(64, 64), _conv(64, channels, 2), nn.Conv2d(channels, channels, 3, 1, 1))
+        self.decoder = nn.Sequential(_conv(channels, 64), nn.Upsample(scale_factor=2, mode="bilinear"),
+                                     _conv(64, 64), nn.Upsample(scale_factor=2, mode="bilinear"),
+                                     _conv(64, 32), nn.Upsample(scale_factor=2, mode="bilinear"),
+                                     _conv(32, 32), nn.Conv2d(32, 3, 3, 1, 1))
+        self.channels = channels
+
+    def encode(self, lab: torch.Tensor) -> torch.Tensor:
+        """Lab (B, 3, H, W), L in [0, 100] -> (B, D, H / 8, W / 8)."""
+        return self.encoder(normalize_lab(lab))
+
+    def forward(self, lab: torch.Tensor) -> torch.Tensor:
+        """Lab (B, 3, H, W) -> its reconstruction in normalized Lab (B, 3, H, W)."""
+        return self.decode(self.encode(lab))
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) -> normalized Lab (B, 3, 8h, 8w) (see :func:`normalize_lab`)."""
+        return self.decoder(code)

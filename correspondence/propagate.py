@@ -1,0 +1,202 @@
+"""Label propagation through a video with the correspondence model, one function for every kind of label.
+
+Masks, random parts and keypoint heatmaps all travel as soft maps (C, H, W), channel 0 background. Each target
+frame takes the first frame plus the ``context_previous`` previous predictions as context; every context frame's
+features are computed once and kept in a bounded queue, so memory is flat in video length.
+
+CLI: ``python -m correspondence.propagate INPUT --mask FIRST.png --out DIR`` writes DIR/%05d.png (DAVIS palette).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from birdmesh.color import rgb_to_lab
+from birdmesh.config import format_config, load_config, save_config
+from birdmesh.davis import read_annotation, write_annotation
+from birdmesh.errors import UserError, cli_entry
+from birdmesh.outdir import atomic_output_dir
+from birdmesh.runtime import resolve_device
+from birdmesh.video import open_frames
+
+from .affinity import topk_global, topk_local
+from .checkpoint import DEFAULT_WEIGHTS, load_model
+from .config import PropagationConfig
+from .labels import PixelFeatures, index_to_soft, soft_to_index
+
+
+def frame_to_lab(frame: np.ndarray, device) -> torch.Tensor:
+    """uint8 RGB (H, W, 3) -> Lab (1, 3, H, W) float on ``device``."""
+    rgb = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1)[None].float() / 255
+    return rgb_to_lab(rgb)
+
+
+@torch.no_grad()
+def encode_frame(model: torch.nn.Module, frame: np.ndarray, use_bf16: bool) -> torch.Tensor:
+    """Features (C, h, w) of one uint8 RGB frame, L2-normalized; bfloat16 autocast on CPU when asked."""
+    lab = frame_to_lab(frame, next(iter([*model.parameters(), *model.buffers()])).device)
+    device_type = lab.device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16 and device_type == "cpu"):
+        feats = model.features(lab)
+    return F.normalize(feats.float(), dim=1)[0]
+
+
+def labels_to_features(labels: torch.Tensor, feat_hw: tuple[int, int]) -> torch.Tensor:
+    """Soft labels (C, H, W) at image resolution -> (C, h, w) at feature resolution (area average)."""
+    return F.adaptive_avg_pool2d(labels[None].float(), feat_hw)[0]
+
+
+def mix_candidate_labels(values: torch.Tensor, indices: torch.Tensor, context_labels: torch.Tensor,
+                         k: int, temperature: float) -> torch.Tensor:
+    """Merge the candidates of all context frames: top-k overall, softmax(sim / temperature), mix labels.
+
+    Args:
+        values: (N, M) candidate similarities (-inf = masked), M = sum of per-frame candidates.
+        indices: (N, M) flat indices into the stacked context positions.
+        context_labels: (C, P) labels of all context positions.
+    Returns:
+        (C, N) soft labels.
+    """
+    top = values.topk(min(k, values.shape[1]), dim=1)
+    weights = torch.softmax(top.values / temperature, dim=1)  # (N, k)
+    chosen = torch.gather(indices, 1, top.indices)
+    picked = context_labels[:, chosen]  # (C, N, k)
+    return (picked * weights[None]).sum(dim=2)
+
+
+def propagate_step(target_feat: torch.Tensor, context: list[tuple[torch.Tensor, torch.Tensor]],
+                   cfg: PropagationConfig) -> torch.Tensor:
+    """Labels of one target frame from its context.
+
+    Args:
+        target_feat: (C, h, w) target features.
+        context: [(features (C, h, w), labels (L, h, w))], the first frame first; it is matched globally, the
+            others within ``cfg.radius`` cells (globally too when radius <= 0).
+    Returns:
+        (L, h, w) soft labels.
+    """
+    C, h, w = target_feat.shape
+    query = target_feat.flatten(1)
+    all_values, all_indices = [], []
+    for position, (feat, _) in enumerate(context):
+        if position == 0 or cfg.radius <= 0:
+            values, indices = topk_global(query, feat.flatten(1), cfg.topk, cfg.chunk_size)
+        else:
+            values, indices = topk_local(target_feat, feat, cfg.topk, cfg.radius)
+        all_values.append(values)
+        all_indices.append(indices + position * h * w)
+    labels = torch.cat([lab.flatten(1) for _, lab in context], dim=1)  # (L, n_ctx * h * w)
+    mixed = mix_candidate_labels(torch.cat(all_values, 1), torch.cat(all_indices, 1), labels, cfg.topk,
+                                 cfg.temperature)
+    return mixed.view(-1, h, w)
+
+
+def iter_propagate(frames: Iterable[np.ndarray], labels0: torch.Tensor, model: torch.nn.Module,
+                   cfg: PropagationConfig) -> Iterator[torch.Tensor]:
+    """Stream soft labels at feature resolution, one (L, h, w) tensor per frame (the first is labels0's).
+
+    Args:
+        frames: uint8 RGB frames (H, W, 3), the first one labelled.
+        labels0: (L, H, W) soft labels of the first frame, channel 0 background.
+    """
+    previous: collections.deque = collections.deque(maxlen=max(cfg.context_previous, 0))
+    first = None
+    for frame in frames:
+        feat = encode_frame(model, frame, cfg.use_bf16)
+        if first is None:
+            labels = labels_to_features(labels0.to(feat.device), tuple(feat.shape[-2:]))
+            first = (feat, labels)
+        else:
+            labels = propagate_step(feat, [first, *previous], cfg)
+        if cfg.context_previous > 0:
+            previous.append((feat, labels))
+        yield labels
+
+
+def upsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(L, h, w) -> (L, H, W) bilinear, renormalized to sum to 1 over L."""
+    up = F.interpolate(labels[None], size=size, mode="bilinear", align_corners=False)[0].clamp_min(0)
+    return up / up.sum(dim=0, keepdim=True).clamp_min(1e-8)
+
+
+def propagate_labels(frames: Iterable[np.ndarray], labels0: torch.Tensor, model: torch.nn.Module,
+                     cfg: PropagationConfig = PropagationConfig()) -> torch.Tensor:
+    """Propagate first-frame soft labels through a video.
+
+    Args:
+        frames: uint8 RGB frames (H, W, 3) (a list, array (T, H, W, 3) or a streaming source).
+        labels0: (C, H, W) soft labels of the first frame summing to 1 over C; channel 0 is background.
+        model: the trained correspondence model (eval mode), or anything with ``features(lab)``.
+    Returns:
+        (T, C, H, W) float soft labels at the first frame's resolution, summing to 1 over C.
+    """
+    if labels0.dim() != 3:
+        raise ValueError(f"labels0: expected shape (C, H, W), got {tuple(labels0.shape)}")
+    size = tuple(labels0.shape[-2:])
+    out = [upsample_labels(lab, size).cpu() for lab in iter_propagate(frames, labels0, model, cfg)]
+    out[0] = labels0.float().cpu()  # the given labels, not their low-resolution round trip
+    return torch.stack(out)
+
+
+def load_first_mask(path: str, frame_size: tuple[int, int], resize: bool) -> np.ndarray:
+    """Read a first-frame mask (binary or DAVIS palette) and check it against the frames' (W, H)."""
+    mask = read_annotation(path)
+    mask = np.where(mask == 255, 0, mask)
+    if (mask.shape[1], mask.shape[0]) != tuple(frame_size):
+        if not resize:
+            raise UserError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but the frames are "
+                            f"{frame_size[0]}x{frame_size[1]} (pass --resize-mask to resize it)")
+        mask = cv2.resize(mask, tuple(frame_size), interpolation=cv2.INTER_NEAREST)
+    if mask.max() == 0:
+        raise UserError(f"{path}: mask is empty (no object pixels)")
+    return mask
+
+
+def build_model(method: str, checkpoint: str | None, device):
+    """The feature model of a propagation method: ``learned`` (a checkpoint) or ``pixels`` (raw Lab)."""
+    if method == "pixels":
+        return PixelFeatures().to(device)
+    return load_model(checkpoint, device)[0]
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Propagate a first-frame mask through a video.")
+    parser.add_argument("input", help="video file or frame folder")
+    parser.add_argument("--mask", required=True, help="first-frame mask PNG (0/255 or DAVIS palette indices)")
+    parser.add_argument("--out", required=True, help="output folder for %%05d.png label images")
+    parser.add_argument("--checkpoint", default=str(DEFAULT_WEIGHTS))
+    parser.add_argument("--method", choices=["learned", "pixels"], default="learned")
+    parser.add_argument("--resize-mask", action="store_true", help="resize a mask of another size to the frames")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a propagation setting, e.g. --set topk=5")
+    args = parser.parse_args(argv)
+    cfg = load_config(PropagationConfig, None, args.overrides)
+    print(format_config(cfg), flush=True)
+    full = open_frames(args.input)
+    mask = load_first_mask(args.mask, full.size, args.resize_mask)
+    source = open_frames(args.input, max_side=cfg.max_side)
+    model = build_model(args.method, args.checkpoint, resolve_device(args.device))
+    labels0 = index_to_soft(mask)
+    with atomic_output_dir(Path(args.out), args.overwrite) as out:
+        save_config(cfg, out)
+        frames = (frame for _, frame in source)
+        stream = iter_propagate(frames, labels0, model, cfg)
+        for t, labels in enumerate(tqdm(stream, total=source.num_frames, desc="propagate", unit="frame")):
+            index = mask if t == 0 else soft_to_index(upsample_labels(labels, mask.shape))
+            write_annotation(out / f"{t:05d}.png", index)
+    print(f"wrote {t + 1} label images to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Config of the CMR mesh predictor jobs (training, evaluation, export); every key documented beside its default.
+
+Loss weights default to CMR's (``akanazawa/cmr: experiments/shape.py``); the YAML files in ``configs/`` say where
+and why they differ.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .synth import SynthSettings
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    image_size: int = 128  # input side S in pixels (a multiple of 32); CMR used 256
+    feature_dim: int = 200  # image feature shared by the heads (CMR nz_feat)
+    template_level: int = 3  # icosphere subdivisions (3: 642 vertices, 1280 faces)
+    num_keypoints: int = 12  # rows of vert2kp (the synthetic data's avian keypoints)
+    flow_channels: int = 128  # width of the texture-flow decoder's first layer (halved at each of 5 upsamplings)
+    scale_prior: float = 0.8  # camera scale predicted as scale_prior * exp(a): the typical synthetic scale
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    mask: float = 2.0  # silhouette MSE (soft render vs mask)
+    keypoint: float = 30.0  # squared NDC error of visible projected keypoints
+    camera: float = 2.0  # 1 - |q . q_gt| + squared scale/translation error, when the batch has GT cameras
+    deform: float = 10.0  # mean |delta v|
+    laplacian: float = 30.0  # mean |L v| (uniform Laplacian) of the predicted vertices
+    vert2kp_entropy: float = 0.16  # entropy of each keypoint's distribution over vertices
+    texture: float = 0.5  # masked L1 between the rendered predicted texture and the image
+    texture_feature: float = 0.5  # LPIPS-like distance of the predictor's own (frozen-for-this-term) stem features
+    texture_dt: float = 0.5  # mask barrier sampled at the texture flow (keeps the flow on the bird)
+    render_size: int = 64  # side of the soft renders the losses compare with (masks/images are area-resized)
+    sigma: float = 1e-4  # SoftRas coverage sharpness (NDC^2)
+    gamma: float = 1e-4  # SoftRas depth softmax temperature
+    barrier_sharpness: float = 50.0  # k of the flow barrier 1 / (1 + exp(-k signed distance / side)) (CMR: 50)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    folder: str = ""  # images of 'python -m mesh_recon.synth images'; "" = generate on the fly (never repeats)
+    seed: int = 0  # synthetic dataset seed for on-the-fly images (evaluation uses another one)
+    workers: int = 1  # DataLoader processes generating/reading batches
+    data_dir: str = ""  # shared data folder ("" = $BIRDMESH_DATA or ../shared/data)
+    synth: SynthSettings = field(default_factory=SynthSettings)  # randomisation of on-the-fly images
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out_dir: str = "runs/cmr_cpu"  # checkpoints (last.pt), config.yaml and log.csv
+    seed: int = 0  # torch seed (+ rank under torchrun)
+    device: str = "auto"  # auto = CUDA when available
+    batch_size: int = 16  # per process
+    steps: int = 8000  # total optimizer steps
+    lr: float = 2e-4  # Adam learning rate (CMR: 1e-4 with 500 epochs; more here for fewer steps)
+    decay_fraction: float = 0.25  # the last fraction of steps decays lr linearly to lr * final_lr_factor
+    final_lr_factor: float = 0.05
+    grad_clip: float = 10.0  # max global gradient norm (0 = off)
+    checkpoint_every: int = 250
+    log_every: int = 25
+    threads: int = 0  # torch threads per process (0 = torch's default)
+
+
+@dataclass(frozen=True)
+class CMRConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

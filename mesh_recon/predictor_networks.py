@@ -1,0 +1,127 @@
+"""The predictor's networks: ResNet-18 image encoder, shape, camera and texture-flow heads.
+
+CMR's layout (``akanazawa/cmr: nnutils/mesh_net.py``) with three CPU-driven changes: the encoder is trained from
+scratch (no ImageNet weights here); the 512 x 4 x 4 -> 256 conv becomes a 1 x 1 reduction to 64 channels (the
+shipped fp16 file must stay under 25 MB); the texture flow is a convolutional decoder instead of CMR's
+8192 x 8192 fully connected layer (67 M parameters).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+UV_SIZE = (128, 256)  # texture / UV flow image (H, W), DESIGN.md
+
+
+class Encoder(nn.Module):
+    """Image (B, 3, S, S) in [0, 1] -> feature (B, D). ResNet-18 to stride 32, 1 x 1 reduction, two FC layers."""
+
+    def __init__(self, image_size: int, feature_dim: int):
+        super().__init__()
+        if image_size % 32 or image_size < 32:
+            raise ValueError(f"image_size: expected a multiple of 32, got {image_size}")
+        resnet = torchvision.models.resnet18(weights=None)
+        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool, resnet.layer1)
+        self.body = nn.Sequential(resnet.layer2, resnet.layer3, resnet.layer4)
+        self.reduce = nn.Sequential(nn.Conv2d(512, 64, 1), nn.BatchNorm2d(64), nn.LeakyReLU(0.2))
+        cells = (image_size // 32) ** 2
+        self.fc = nn.Sequential(nn.Linear(64 * cells, feature_dim), nn.BatchNorm1d(feature_dim), nn.LeakyReLU(0.2),
+                                nn.Linear(feature_dim, feature_dim), nn.BatchNorm1d(feature_dim), nn.LeakyReLU(0.2))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.stem((images - self.mean) / self.std)
+        return self.fc(self.reduce(self.body(x)).flatten(1))
+
+
+def stem_features(encoder: Encoder, images: Tensor) -> list[Tensor]:
+    """Perceptual features for the texture loss: the encoder's stem (stride 4, 64 channels) and layer2 (stride 8).
+
+    The weights are detached and the BatchNorm statistics come from copies, so the term trains the texture
+    flow only and can neither move the encoder towards trivial features nor disturb its running statistics.
+    Args:
+        images: (B, 3, H, W) in [0, 1].
+    Returns:
+        [(B, 64, H/4, W/4), (B, 128, H/8, W/8)].
+    """
+    frozen = {name: value.detach().clone() if name.endswith(("running_mean", "running_var", "num_batches_tracked"))
+              else value.detach() for name, value in encoder.state_dict(keep_vars=True).items()}
+    x = (images - encoder.mean) / encoder.std
+    stem = torch.func.functional_call(encoder.stem, {k[5:]: v for k, v in frozen.items() if k.startswith("stem.")}, x)
+    layer2 = {k[len("body.0."):]: v for k, v in frozen.items() if k.startswith("body.0.")}
+    return [stem, torch.func.functional_call(encoder.body[0], layer2, stem)]
+
+
+class ShapeHead(nn.Module):
+    """Feature (B, D) -> offsets (B, N, 3) of the N = centre + right template vertices (CMR init: N(0, 1e-4))."""
+
+    def __init__(self, feature_dim: int, num_free: int):
+        super().__init__()
+        self.linear = nn.Linear(feature_dim, num_free * 3)
+        nn.init.normal_(self.linear.weight, std=1e-4)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, feature: Tensor) -> Tensor:
+        return self.linear(feature).reshape(feature.shape[0], -1, 3)
+
+
+class CameraHead(nn.Module):
+    """Feature (B, D) -> weak-perspective cameras (B, 7) [s, tx, ty, qw, qx, qy, qz], s > 0, |q| = 1."""
+
+    def __init__(self, feature_dim: int, scale_prior: float):
+        super().__init__()
+        self.linear = nn.Linear(feature_dim, 7)
+        self.scale_prior = scale_prior
+        nn.init.normal_(self.linear.weight, std=1e-3)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, feature: Tensor) -> Tensor:
+        return camera_from_raw(self.linear(feature), self.scale_prior)
+
+
+def camera_from_raw(raw: Tensor, scale_prior: float) -> Tensor:
+    """(B, 7) unconstrained values -> cameras: s = scale_prior * exp(a) (a clamped to +-3), t as is, q normalised."""
+    scale = scale_prior * torch.exp(raw[:, :1].clamp(-3.0, 3.0))
+    quat = F.normalize(raw[:, 3:] + raw.new_tensor([1.0, 0.0, 0.0, 0.0]), dim=1)  # starts at the identity
+    return torch.cat([scale, raw[:, 1:3], quat], dim=1)
+
+
+def _up_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                         nn.Conv2d(c_in, c_out, 3, padding=1, padding_mode="reflect"), nn.BatchNorm2d(c_out),
+                         nn.LeakyReLU(0.2), nn.Conv2d(c_out, c_out, 3, padding=1, padding_mode="reflect"),
+                         nn.LeakyReLU(0.2))
+
+
+class TextureFlowHead(nn.Module):
+    """Feature (B, D) -> UV flow (B, 2, 128, 256) in [-1, 1]: for every texel an NDC point of the input image.
+
+    Only the right half of UV space (u > 0, the template's x > 0 side) is decoded, 4 x 4 -> 128 x 128 in five
+    upsamplings; the left half is its mirror image (columns flipped, values copied), so mirror texels sample
+    the same image point, as CMR's left faces copy the right faces' texture.
+    """
+
+    def __init__(self, feature_dim: int, channels: int = 128):
+        super().__init__()
+        widths = [channels, channels // 2, channels // 4, channels // 4, channels // 8, channels // 8]
+        self.channels = channels
+        self.fc = nn.Sequential(nn.Linear(feature_dim, channels * 16), nn.LeakyReLU(0.2))
+        self.blocks = nn.Sequential(*[_up_block(a, b) for a, b in zip(widths[:-1], widths[1:])])
+        self.out = nn.Conv2d(widths[-1], 2, 3, padding=1, padding_mode="reflect")
+
+    def forward(self, feature: Tensor) -> Tensor:
+        half = torch.tanh(self.out(self.blocks(self.fc(feature).reshape(-1, self.channels, 4, 4))))
+        return mirror_uv_flow(half)
+
+
+def mirror_uv_flow(right_half: Tensor) -> Tensor:
+    """(B, C, H, W/2) right half of a UV image (columns W/2 .. W-1) -> (B, C, H, W), left = flipped copy.
+
+    Convention: with ``mesh.spherical_uv``, mirroring x -> -x maps u to -u, i.e. column j to W - 1 - j.
+    """
+    return torch.cat([right_half.flip(-1), right_half], dim=-1)

@@ -1,0 +1,60 @@
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pytest
+
+from birdmesh.config import config_from_dict, config_to_dict, format_config, load_config
+from birdmesh.errors import UserError
+
+
+@dataclass(frozen=True)
+class Optim:
+    lr: float = 1e-4
+    steps: int = 10
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str = "job"
+    seed: int = 0
+    resume: bool = True
+    checkpoint: Optional[str] = None
+    optim: Optim = field(default_factory=Optim)
+
+
+def test_defaults_file_and_overrides_merge_in_order(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("name: birds\noptim:\n  lr: 3\n  steps: 5\n")
+    cfg = load_config(Job, path, ["optim.steps=7", "checkpoint=w.pt", "optim.betas=[0.5, 0.6]"])
+    assert cfg.name == "birds" and cfg.seed == 0
+    assert cfg.optim.lr == 3.0 and isinstance(cfg.optim.lr, float)
+    assert cfg.optim.steps == 7 and cfg.checkpoint == "w.pt" and cfg.optim.betas == (0.5, 0.6)
+
+
+def test_unknown_key_is_an_error_naming_key_and_file(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("optim:\n  lrr: 3\n")
+    with pytest.raises(UserError, match=r"job.yaml: unknown key 'optim.lrr'"):
+        load_config(Job, path)
+    with pytest.raises(UserError, match=r"--set: unknown key 'sed'"):
+        load_config(Job, None, ["sed=1"])
+
+
+def test_wrong_types_are_errors_naming_the_key(tmp_path):
+    with pytest.raises(UserError, match=r"key 'optim.steps' expects int, got 'many'"):
+        load_config(Job, None, ["optim.steps=many"])
+    with pytest.raises(UserError, match=r"key 'resume' expects true/false"):
+        load_config(Job, None, ["resume=3"])
+    with pytest.raises(UserError, match=r"key 'optim' is a section"):
+        load_config(Job, None, ["optim=3"])
+    with pytest.raises(UserError, match=r"expected key=value"):
+        load_config(Job, None, ["seed"])
+    with pytest.raises(UserError, match=r"nope.yaml: config file not found"):
+        load_config(Job, tmp_path / "nope.yaml")
+
+
+def test_round_trip_through_dict_and_yaml_text():
+    cfg = load_config(Job, None, ["optim.lr=0.5"])
+    assert config_from_dict(Job, config_to_dict(cfg)) == cfg
+    assert "lr: 0.5" in format_config(cfg)

@@ -1,0 +1,117 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from correspondence.config import PropagationConfig
+from correspondence.labels import PixelFeatures, index_to_soft, soft_to_index
+from correspondence.propagate import main as propagate_main
+from correspondence.propagate import iter_propagate, mix_candidate_labels, propagate_labels
+
+
+class PositionFeatures(nn.Module):
+    """Features that only encode position: every frame matches itself exactly, cell by cell."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("anchor", torch.zeros(1))
+
+    def features(self, lab):
+        h, w = (lab.shape[-2] + 7) // 8, (lab.shape[-1] + 7) // 8
+        return torch.eye(h * w).T.reshape(1, h * w, h, w)
+
+
+def _blocky_labels(h, w, channels, seed=0):
+    """Soft labels constant on 8 x 8 blocks (so pooling to features and upsampling back is exact inside)."""
+    g = torch.Generator().manual_seed(seed)
+    blocks = torch.softmax(torch.randn(channels, h // 8, w // 8, generator=g) * 3, dim=0)
+    return blocks.repeat_interleave(8, 1).repeat_interleave(8, 2)
+
+
+@pytest.mark.parametrize("radius", [0.0, 2.0])
+def test_identity_features_propagate_labels_unchanged(radius):
+    frames = [np.full((32, 48, 3), 100 + t, np.uint8) for t in range(5)]
+    labels0 = _blocky_labels(32, 48, 4)
+    blocks = labels0[:, ::8, ::8]  # (4, 4, 6): the labels at feature resolution
+    cfg = PropagationConfig(context_previous=2, topk=3, radius=radius, temperature=0.01, use_bf16=False)
+    stream = list(iter_propagate(frames, labels0, PositionFeatures(), cfg))
+    assert len(stream) == 5
+    for labels in stream:
+        assert torch.allclose(labels, blocks, atol=1e-5)
+    out = propagate_labels(frames, labels0, PositionFeatures(), cfg)
+    assert out.shape == (5, 4, 32, 48)
+    assert torch.allclose(out.sum(1), torch.ones(5, 32, 48), atol=1e-5)
+    assert torch.equal(out[0], labels0)  # the first frame keeps its exact labels
+    assert torch.allclose(out[4], out[1])
+
+
+def test_mix_candidate_labels_weights_by_softmax_over_the_topk():
+    values = torch.tensor([[0.9, 0.1, float("-inf"), 0.5]])
+    indices = torch.tensor([[0, 1, 2, 3]])
+    labels = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 1.0]])  # (C=2, P=4)
+    mixed = mix_candidate_labels(values, indices, labels, k=2, temperature=0.1)
+    w = torch.softmax(torch.tensor([0.9, 0.5]) / 0.1, 0)
+    assert torch.allclose(mixed[:, 0], torch.stack([w[0], w[1]]))
+
+
+def test_translated_video_moves_the_mask_with_pixel_features():
+    # A textured frame shifted right by 8 px per frame: the propagated square must follow.
+    rng = np.random.default_rng(0)
+    texture = (rng.random((6, 12, 3)) * 255).astype(np.uint8).repeat(8, 0).repeat(8, 1)  # (48, 96)
+    frames = [np.roll(texture, 8 * t, axis=1)[:, :64] for t in range(3)]
+    mask = np.zeros((48, 64), np.int64)
+    mask[16:32, 16:32] = 1
+    cfg = PropagationConfig(context_previous=1, topk=1, radius=3.0, temperature=0.01, use_bf16=False)
+    out = propagate_labels(frames, index_to_soft(mask), PixelFeatures(), cfg)
+    expected = np.roll(mask, 16, axis=1)
+    predicted = soft_to_index(out[2])
+    assert (predicted[20:28, 36:44] == 1).all() and predicted[20:28, 4:12].max() == 0
+    iou = ((predicted == 1) & (expected == 1)).sum() / ((predicted == 1) | (expected == 1)).sum()
+    assert iou > 0.6
+
+
+def _write_clip(folder, n=3, size=(32, 48)):
+    folder.mkdir()
+    for t in range(n):
+        Image.fromarray(np.full((*size, 3), 50 * t, np.uint8)).save(folder / f"{t:05d}.jpg")
+    return folder
+
+
+def _run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        propagate_main(args)
+    return exit_info.value.code, capsys.readouterr().err.strip()
+
+
+def test_cli_errors_are_one_line_and_leave_no_output(tmp_path, capsys):
+    clip = _write_clip(tmp_path / "clip")
+    out = tmp_path / "out"
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "small.png")
+    code, err = _run_cli([str(clip), "--mask", str(tmp_path / "small.png"), "--out", str(out),
+                          "--method", "pixels"], capsys)
+    assert code == 2 and "small.png: mask is 10x10 but the frames are 48x32" in err and len(err.splitlines()) == 1
+    Image.fromarray(np.zeros((32, 48), np.uint8)).save(tmp_path / "empty.png")
+    code, err = _run_cli([str(clip), "--mask", str(tmp_path / "empty.png"), "--out", str(out),
+                          "--method", "pixels"], capsys)
+    assert code == 2 and "empty.png: mask is empty" in err
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    code, err = _run_cli([str(tmp_path / "bad.mp4"), "--mask", str(tmp_path / "empty.png"), "--out", str(out)],
+                         capsys)
+    assert code == 2 and "bad.mp4" in err
+    assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_cli_writes_one_palette_png_per_frame_at_input_size(tmp_path):
+    clip = _write_clip(tmp_path / "clip", n=4)
+    mask = np.zeros((16, 24), np.uint8)
+    mask[4:12, 4:12] = 255
+    Image.fromarray(mask).save(tmp_path / "half.png")
+    propagate_main([str(clip), "--mask", str(tmp_path / "half.png"), "--resize-mask", "--out",
+                    str(tmp_path / "out"), "--method", "pixels", "--set", "use_bf16=false"])
+    pngs = sorted((tmp_path / "out").glob("*.png"))
+    assert [p.name for p in pngs] == [f"{t:05d}.png" for t in range(4)]
+    first = Image.open(pngs[0])
+    assert first.mode == "P" and first.size == (48, 32)
+    assert (np.asarray(first)[8:24, 8:24] == 1).all()
