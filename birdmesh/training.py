@@ -50,3 +50,17 @@ def append_csv_row(path: str | Path, row: dict) -> None:
         if new:
             writer.writeheader()
         writer.writerow(row)
+
+
+def replicas_identical(module: torch.nn.Module, world: int) -> bool:
+    """True when every rank holds the same parameters (a checksum compared with all_reduce MIN/MAX)."""
+    if world == 1:
+        return True
+    with torch.no_grad():
+        flat = torch.cat([p.detach().double().flatten() for p in module.parameters()])
+        weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device).remainder(97) + 1
+        checksum = (flat * weights).sum().reshape(1)
+        low, high = checksum.clone(), checksum.clone()
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    return bool(low.item() == high.item())

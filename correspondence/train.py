@@ -21,7 +21,8 @@ from birdmesh.checkpoint import read_checkpoint, save_checkpoint
 from birdmesh.config import add_config_arguments, config_to_dict, format_config, load_config, save_config
 from birdmesh.errors import cli_entry
 from birdmesh.runtime import seed_everything
-from birdmesh.training import append_csv_row, cleanup_distributed, setup_distributed, wrap_distributed
+from birdmesh.training import (append_csv_row, cleanup_distributed, replicas_identical, setup_distributed,
+                               wrap_distributed)
 
 from .checkpoint import export_weights
 from .config import UVCConfig
@@ -115,6 +116,10 @@ def train(cfg: UVCConfig, max_steps: int | None = None) -> Path:
             save_checkpoint(ckpt_path, config_to_dict(cfg), model.state_dict(), step, ae_optimizer=ae_opt.state_dict(),
                             encoder_optimizer=enc_opt.state_dict())
     bar.close()
+    if world > 1:
+        same = replicas_identical(model, world)
+        if rank == 0:
+            print(f"replicas identical across {world} ranks: {same}", flush=True)
     cleanup_distributed(world)
     return ckpt_path
 

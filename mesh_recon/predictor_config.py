@@ -16,7 +16,7 @@ class ModelConfig:
     feature_dim: int = 200  # image feature shared by the heads (CMR nz_feat)
     template_level: int = 3  # icosphere subdivisions (3: 642 vertices, 1280 faces)
     num_keypoints: int = 12  # rows of vert2kp (the synthetic data's avian keypoints)
-    flow_channels: int = 128  # width of the texture-flow decoder's first layer (halved at each of 5 upsamplings)
+    flow_channels: int = 128  # width of the texture-flow decoder's first layer (then /2, /4, /4, /8)
     scale_prior: float = 0.8  # camera scale predicted as scale_prior * exp(a): the typical synthetic scale
 
 

@@ -101,22 +101,23 @@ def _up_block(c_in: int, c_out: int) -> nn.Sequential:
 class TextureFlowHead(nn.Module):
     """Feature (B, D) -> UV flow (B, 2, 128, 256) in [-1, 1]: for every texel an NDC point of the input image.
 
-    Only the right half of UV space (u > 0, the template's x > 0 side) is decoded, 4 x 4 -> 128 x 128 in five
-    upsamplings; the left half is its mirror image (columns flipped, values copied), so mirror texels sample
-    the same image point, as CMR's left faces copy the right faces' texture.
+    Only the right half of UV space (u > 0, the template's x > 0 side) is decoded, 4 x 4 -> 64 x 64 in four
+    upsamplings, then bilinearly doubled (a flow is smooth; full-resolution convolutions cost 40 % of inference);
+    the left half is its mirror image (columns flipped, values copied), so mirror texels sample the same image
+    point, as CMR's left faces copy the right faces' texture.
     """
 
     def __init__(self, feature_dim: int, channels: int = 128):
         super().__init__()
-        widths = [channels, channels // 2, channels // 4, channels // 4, channels // 8, channels // 8]
+        widths = [channels, channels // 2, channels // 4, channels // 4, channels // 8]
         self.channels = channels
         self.fc = nn.Sequential(nn.Linear(feature_dim, channels * 16), nn.LeakyReLU(0.2))
         self.blocks = nn.Sequential(*[_up_block(a, b) for a, b in zip(widths[:-1], widths[1:])])
         self.out = nn.Conv2d(widths[-1], 2, 3, padding=1, padding_mode="reflect")
 
     def forward(self, feature: Tensor) -> Tensor:
-        half = torch.tanh(self.out(self.blocks(self.fc(feature).reshape(-1, self.channels, 4, 4))))
-        return mirror_uv_flow(half)
+        coarse = self.out(self.blocks(self.fc(feature).reshape(-1, self.channels, 4, 4)))  # (B, 2, 64, 64)
+        return mirror_uv_flow(torch.tanh(F.interpolate(coarse, size=(UV_SIZE[0], UV_SIZE[1] // 2), mode="bilinear")))
 
 
 def mirror_uv_flow(right_half: Tensor) -> Tensor:

@@ -78,11 +78,6 @@ def enumerate_face_pixels(face_xy: Tensor, height: int, width: int, faces_per_me
         start_face = stop
 
 
-def pixel_centres_ndc(px: Tensor, py: Tensor, height: int, width: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """NDC (x, y) of pixel centres given integer columns ``px`` and rows ``py`` (any equal shapes)."""
-    return (2 * px.to(dtype) + 1) / width - 1, (2 * py.to(dtype) + 1) / height - 1
-
-
 def barycentric_coefficients(face_xy: Tensor) -> Tensor:
     """Affine map from a point to barycentrics per face: b1 = k0 qx + k1 qy, b2 = k2 qx + k3 qy, q = p - v0.
 
@@ -106,15 +101,6 @@ def face_area2(face_xy: Tensor) -> Tensor:
     return e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
 
 
-def barycentrics_at(face_xy: Tensor, coeffs: Tensor, x: Tensor, y: Tensor) -> Tensor:
-    """(P, 3) barycentrics of points (x, y) (P,) in faces with corners (P, 3, 2) and coefficients (P, 4)."""
-    qx = x - face_xy[:, 0, 0]
-    qy = y - face_xy[:, 0, 1]
-    b1 = coeffs[:, 0] * qx + coeffs[:, 1] * qy
-    b2 = coeffs[:, 2] * qx + coeffs[:, 3] * qy
-    return torch.stack([1 - b1 - b2, b1, b2], dim=1)
-
-
 @dataclass(frozen=True)
 class HardFragments:
     """Output of z-buffer rasterization: the nearest face at each pixel centre.
@@ -125,6 +111,7 @@ class HardFragments:
         bary: (B, H, W, 3) screen-space barycentrics of the pixel centre in that face (sum to 1, in [0, 1]);
             0 on background. Differentiable w.r.t. the NDC vertices.
         depth: (B, H, W) interpolated depth z of that face at the pixel centre; +inf on background.
+            Differentiable w.r.t. the NDC vertices.
         mask: (B, 1, H, W) float, 1 where face_index >= 0 else 0.
     """
 
@@ -139,15 +126,18 @@ def _zbuffer_pairs(face_xy: Tensor, face_z: Tensor, height: int, width: int, num
     """Covered (pixel, face, depth) triples of all meshes: pixel flat in B*H*W, face in [0, F)."""
     valid = torch.isfinite(face_z).all(dim=1) & (face_area2(face_xy).abs() > 0)
     face_xy = torch.where(valid[:, None, None], face_xy, torch.full_like(face_xy, float("nan")))
-    coeffs = barycentric_coefficients(face_xy)
+    table = torch.cat([face_xy[:, 0], barycentric_coefficients(face_xy), face_z[:, :1],
+                       face_z[:, 1:] - face_z[:, :1]], dim=1).t().contiguous()  # (9, N): 1-D gathers are fast
     pix_all, face_all, z_all = [], [], []
     for bf, pix, x, y in enumerate_face_pixels(face_xy, height, width, num_faces, 0.0, max_pairs):
-        bary = barycentrics_at(face_xy[bf], coeffs[bf], x, y)
-        inside = (bary >= 0).all(dim=1)
-        bary, bf = bary[inside], bf[inside]
-        pix_all.append(pix[inside])
-        face_all.append(bf % num_faces)
-        z_all.append((bary * face_z[bf]).sum(dim=1))
+        x0, y0, k0, k1, k2, k3, z0, dz1, dz2 = [row.index_select(0, bf) for row in table]
+        qx, qy = x - x0, y - y0
+        b1, b2 = k0 * qx + k1 * qy, k2 * qx + k3 * qy
+        keep = torch.nonzero((b1 >= 0) & (b2 >= 0) & (b1 + b2 <= 1)).reshape(-1)
+        b1, b2 = b1.index_select(0, keep), b2.index_select(0, keep)
+        pix_all.append(pix.index_select(0, keep))
+        face_all.append(bf.index_select(0, keep) % num_faces)
+        z_all.append(z0.index_select(0, keep) + b1 * dz1.index_select(0, keep) + b2 * dz2.index_select(0, keep))
     if not pix_all:
         empty = torch.zeros(0, dtype=torch.long, device=face_xy.device)
         return empty, empty, face_z.new_zeros(0)
@@ -168,27 +158,41 @@ def rasterize_hard(verts_ndc: Tensor, faces: Tensor, height: int, width: int,
         HardFragments with (B, H, W) fields.
     """
     B, F = verts_ndc.shape[0], faces.shape[0]
+    numel = B * height * width
     with torch.no_grad():
         face_verts = verts_ndc.detach()[:, faces].reshape(B * F, 3, 3)
         pix, face, z = _zbuffer_pairs(face_verts[..., :2], face_verts[..., 2], height, width, F, max_pairs)
-        numel = B * height * width
         zbuf = torch.full((numel,), float("inf"), dtype=verts_ndc.dtype, device=verts_ndc.device)
         zbuf.scatter_reduce_(0, pix, z, reduce="amin")
-        winner = z <= zbuf[pix]
+        winner = torch.nonzero(z <= zbuf.index_select(0, pix)).reshape(-1)
         face_index = torch.full((numel,), -1, dtype=torch.long, device=verts_ndc.device)
-        face_index.scatter_reduce_(0, pix[winner], face[winner], reduce="amax")
+        face_index.scatter_reduce_(0, pix.index_select(0, winner), face.index_select(0, winner), reduce="amax")
+        fg, packed = foreground_pixels(face_index.reshape(B, height, width), F)
+    # differentiable barycentrics and depth of the winners, from per-face rows gathered with 1-D index_select
+    face_verts = verts_ndc[:, faces].reshape(B * F, 3, 3)
+    table = torch.cat([face_verts[:, 0], barycentric_coefficients(face_verts[..., :2]),
+                       face_verts[:, 1:, 2]], dim=1).t()  # (9, BF): x0 y0 z0 k0..k3 z1 z2
+    x0, y0, z0, k0, k1, k2, k3, z1, z2 = [row.index_select(0, packed) for row in table]
+    col = (fg % width).to(verts_ndc.dtype)
+    row = torch.div(fg, width, rounding_mode="floor").remainder(height).to(verts_ndc.dtype)
+    qx, qy = (2 * col + 1) / width - 1 - x0, (2 * row + 1) / height - 1 - y0
+    b1, b2 = (k0 * qx + k1 * qy).clamp(0, 1), (k2 * qx + k3 * qy).clamp(0, 1)
+    b0 = (1 - b1 - b2).clamp(0, 1)
+    total = b0 + b1 + b2
+    bary_fg = torch.stack([b0, b1, b2]) / total  # (3, P)
+    bary = verts_ndc.new_zeros(3, numel).index_copy(1, fg, bary_fg).reshape(3, B, height, width).permute(1, 2, 3, 0)
+    depth = torch.full((numel,), float("inf"), dtype=verts_ndc.dtype, device=verts_ndc.device)
+    depth = depth.index_copy(0, fg, (bary_fg[0] * z0 + bary_fg[1] * z1 + bary_fg[2] * z2)).reshape(B, height, width)
     face_index = face_index.reshape(B, height, width)
-    fg = face_index >= 0
-    b_idx, py, px = torch.nonzero(fg, as_tuple=True)
-    fg_verts = verts_ndc[b_idx[:, None], faces[face_index[fg]]]  # (P, 3, 3), differentiable
-    x, y = pixel_centres_ndc(px, py, height, width, verts_ndc.dtype)
-    bary_fg = barycentrics_at(fg_verts[..., :2], barycentric_coefficients(fg_verts[..., :2]), x, y)
-    bary_fg = bary_fg.clamp(0, 1)
-    bary_fg = bary_fg / bary_fg.sum(dim=1, keepdim=True)
-    bary = verts_ndc.new_zeros(B, height, width, 3).index_put((b_idx, py, px), bary_fg)
-    depth = torch.full((B, height, width), float("inf"), dtype=verts_ndc.dtype, device=verts_ndc.device)
-    depth = depth.index_put((b_idx, py, px), (bary_fg * fg_verts[..., 2]).sum(dim=1))
-    return HardFragments(face_index, bary, depth, fg[:, None].to(verts_ndc.dtype))
+    return HardFragments(face_index, bary, depth, (face_index >= 0)[:, None].to(verts_ndc.dtype))
+
+
+def foreground_pixels(face_index: Tensor, faces_per_mesh: int) -> tuple[Tensor, Tensor]:
+    """Covered pixels of a (B, H, W) face-index image: flat pixel index (P,) and packed face b * F + f (P,)."""
+    flat = face_index.reshape(-1)
+    fg = torch.nonzero(flat >= 0).reshape(-1)
+    mesh = torch.div(fg, face_index.shape[1] * face_index.shape[2], rounding_mode="floor")
+    return fg, mesh * faces_per_mesh + flat.index_select(0, fg)
 
 
 @dataclass(frozen=True)

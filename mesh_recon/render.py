@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .geometry import check_shape
-from .raster import HardFragments, rasterize_hard, rasterize_soft
+from .raster import HardFragments, foreground_pixels, rasterize_hard, rasterize_soft
 from .shade import (aggregate_silhouette, blend_attributes, drop_occluded_pairs, interpolate_vertex_attributes,
                     sample_face_uv_texture, sample_texture_points, shade_soft)
 
@@ -62,11 +62,13 @@ def render_hard(verts_ndc: Tensor, faces: Tensor, image_size: ImageSize) -> Hard
 def _hard_face_values(fragments: HardFragments, face_values: Tensor) -> Tensor:
     """Barycentric mix of per-face corner values (B, F, 3, C) at each pixel -> (B, C, H, W), 0 on background."""
     B, F, _, C = face_values.shape
-    index = fragments.face_index.clamp_min(0)
-    offsets = torch.arange(B, device=index.device).reshape(B, 1, 1) * F
-    corner = face_values.reshape(B * F, 3, C)[index + offsets]  # (B, H, W, 3, C)
-    values = (fragments.bary[..., None] * corner).sum(dim=3)  # (B, H, W, C)
-    return values.permute(0, 3, 1, 2) * fragments.mask
+    H, W = fragments.face_index.shape[1:]
+    fg, packed = foreground_pixels(fragments.face_index, F)
+    table = face_values.permute(2, 3, 0, 1).reshape(3, C, B * F)
+    bary = fragments.bary.permute(3, 0, 1, 2).reshape(3, -1).index_select(1, fg)  # (3, P)
+    values = sum(bary[j] * torch.stack([row.index_select(0, packed) for row in table[j]]) for j in range(3))
+    image = face_values.new_zeros(C, B * H * W).index_copy(1, fg, values.to(face_values.dtype))
+    return image.reshape(C, B, H, W).transpose(0, 1).contiguous()
 
 
 def interpolate_hard(fragments: HardFragments, faces: Tensor, attrs: Tensor) -> Tensor:

@@ -1,0 +1,79 @@
+"""Config of ``python -m adapt.run`` (online adaptation to one video); every key documented beside its default."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    max_side: int = 854  # frames are resized so their longer side is at most this (854 = DAVIS 480p)
+    max_frames: int = 0  # use at most this many frames (0 = all)
+    stride: int = 1  # keep every n-th frame
+    grabcut_iterations: int = 5  # OpenCV GrabCut iterations for --box and the automatic first mask
+
+
+@dataclass(frozen=True)
+class PropagationSettings:
+    checkpoint: str = ""  # correspondence weights ("" = the shipped correspondence/weights/uvc_cpu.pt)
+    method: str = "learned"  # learned | pixels (raw Lab colours, no learned model)
+    context_previous: int = 7  # first frame + this many previous frames as context
+    topk: int = 10
+    radius: float = 12.0  # local window for previous frames, feature cells (<= 0: global)
+    temperature: float = 0.05
+    use_bf16: bool = True
+
+
+@dataclass(frozen=True)
+class PartsConfig:
+    num_parts: int = 10  # K random parts drawn on the first frame (k-means inside the mask)
+    color_weight: float = 0.5  # weight of Lab colour against position in the k-means features
+    min_area: float = 0.002  # a frame whose propagated mask covers less than this fraction is "vanished"
+
+
+@dataclass(frozen=True)
+class PredictorSettings:
+    checkpoint: str = ""  # mesh predictor weights ("" = the shipped mesh_recon/weights/cmr_bird_cpu.pt)
+    crop_padding: float = 0.2  # margin around the mask's box in the predictor's square crop (as in training)
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    part_map: float = 1.0  # rendered vs propagated per-part maps, each normalized by its maximum
+    part_centre: float = 1.0  # distance between rendered and propagated part centres (NDC)
+    silhouette: float = 2.0  # soft silhouette vs propagated mask (MSE)
+    texture: float = 0.5  # shared video texture rendered vs the frame (masked L1)
+    arap: float = 1.0  # ARAP energy between each frame's mesh and the shared base shape
+    laplacian: float = 1.0  # Laplacian of the residual (frame mesh - base shape)
+    camera_smooth: float = 1.0  # consecutive-frame camera change (pixels / frame size, quaternion)
+    residual_smooth: float = 1.0  # consecutive-frame change of the residual
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    iterations: int = 150  # adaptation steps over mini-batches of consecutive frames
+    batch_size: int = 8  # frames per step (a contiguous window)
+    lr: float = 5e-5  # Adam learning rate of the adapted weights
+    layers: str = "all"  # which predictor weights adapt: all | heads | encoder (prefix list, comma separated)
+    render_size: int = 64  # side of the soft renders compared with the propagated labels
+    sigma: float = 1e-4  # SoftRas coverage sharpness (NDC^2)
+    gamma: float = 1e-4  # SoftRas depth temperature
+    base_momentum: float = 0.9  # running average of the shared base shape (per step)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    overlay: bool = True  # write overlay.mp4
+    overlay_max_side: int = 640  # overlay video frame size cap
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    seed: int = 0
+    device: str = "auto"
+    input: InputConfig = field(default_factory=InputConfig)
+    propagation: PropagationSettings = field(default_factory=PropagationSettings)
+    parts: PartsConfig = field(default_factory=PartsConfig)
+    predictor: PredictorSettings = field(default_factory=PredictorSettings)
+    loss: LossWeights = field(default_factory=LossWeights)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)

@@ -1,0 +1,79 @@
+"""Losses of the online adaptation, one function each (inputs are plain tensors, crop NDC).
+
+Convention: part maps are (B, K + 1, S, S) with channel 0 the background; only channels 1..K are compared.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from correspondence.ops import coordinate_grid
+from mesh_recon.losses import masked_l1, silhouette_loss  # noqa: F401 (the adaptation's terms too)
+from mesh_recon.mesh import arap_energy, laplacian_smoothing_loss
+
+
+def part_centres(parts: Tensor) -> tuple[Tensor, Tensor]:
+    """Soft centre (x, y) of every part channel and its mass.
+
+    Args:
+        parts: (B, K, S, S) non-negative maps.
+    Returns:
+        centres (B, K, 2) in NDC, mass (B, K) = mean of each map.
+    """
+    B, K, H, W = parts.shape
+    grid = coordinate_grid(H, W, device=parts.device, dtype=parts.dtype)  # (H W, 2)
+    flat = parts.flatten(2)
+    mass = flat.sum(2)
+    centres = (flat @ grid) / mass.clamp_min(1e-6)[..., None]
+    return centres, mass / (H * W)
+
+
+def part_correspondence_loss(rendered: Tensor, observed: Tensor, min_mass: float = 1e-3) -> tuple[Tensor, Tensor]:
+    """Rendered video-level parts vs the propagated parts of the same frames.
+
+    (a) per-part maps, each divided by its maximum, compared by MSE (so small parts count as much as large
+    ones); (b) squared distance between part centres. Parts absent from the observation (mass below
+    ``min_mass``) are left out of both terms.
+    Args:
+        rendered, observed: (B, K + 1, S, S) soft part maps (channel 0 background).
+    Returns:
+        (map loss, centre loss) scalars.
+    """
+    rendered, observed = rendered[:, 1:], observed[:, 1:]
+    present = (observed.mean(dim=(2, 3)) > min_mass).float()  # (B, K)
+    norm_r = rendered / rendered.amax(dim=(2, 3), keepdim=True).clamp_min(1e-3)
+    norm_o = observed / observed.amax(dim=(2, 3), keepdim=True).clamp_min(1e-3)
+    per_part = ((norm_r - norm_o) ** 2).mean(dim=(2, 3))
+    count = present.sum().clamp_min(1.0)
+    map_loss = (per_part * present).sum() / count
+    centre_r, _ = part_centres(rendered)
+    centre_o, _ = part_centres(observed)
+    centre_loss = (((centre_r - centre_o) ** 2).sum(-1) * present).sum() / count
+    return map_loss, centre_loss
+
+
+def base_shape_loss(verts: Tensor, base: Tensor, faces: Tensor, laplacian: Tensor) -> tuple[Tensor, Tensor]:
+    """How far each frame's mesh departs from the shared base shape, beyond a rigid motion of each one-ring.
+
+    Args:
+        verts: (B, V, 3) per-frame canonical vertices; base: (V, 3) the shared base shape.
+        faces: (F, 3); laplacian: (V, V) (sparse or dense) Laplacian of the template.
+    Returns:
+        (ARAP energy, Laplacian of the residual) scalars.
+    """
+    arap = arap_energy(base.expand_as(verts), verts, faces).mean()
+    return arap, laplacian_smoothing_loss(verts - base, laplacian)
+
+
+def temporal_smoothness(values: Tensor) -> Tensor:
+    """Mean squared change between consecutive rows: values (B, ...) ordered in time -> scalar (0 if B < 2)."""
+    if values.shape[0] < 2:
+        return values.new_zeros(())
+    return ((values[1:] - values[:-1]) ** 2).flatten(1).sum(1).mean()
+
+
+def quaternion_smoothness(quats: Tensor) -> Tensor:
+    """Mean rotation change between consecutive unit quaternions (B, 4): 1 - |q_t . q_t+1| (sign-free)."""
+    if quats.shape[0] < 2:
+        return quats.new_zeros(())
+    return (1 - (quats[1:] * quats[:-1]).sum(-1).abs()).mean()

@@ -1,0 +1,152 @@
+"""The per-video state (crops, video-level UV maps) and the adaptation loop that fine-tunes the predictor."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from mesh_recon.crop import crop_cameras_to_pixels
+from mesh_recon.geometry import weak_perspective_project
+from mesh_recon.mesh import uniform_laplacian
+from mesh_recon.predictor import MeshPredictor, Prediction, texture_from_flow
+from mesh_recon.render import SoftRenderer, SoftRenderSettings
+
+from .config import LossWeights, OptimConfig
+from .losses import (base_shape_loss, masked_l1, part_correspondence_loss, quaternion_smoothness, silhouette_loss,
+                     temporal_smoothness)
+from .parts import pool_uv_maps, texel_surface, texel_visibility, uv_maps_from_flow
+
+
+@dataclass(frozen=True)
+class VideoCrops:
+    """Everything the adaptation reads, aligned with the predictor's square crops.
+
+    Fields:
+        images: (T, 3, S, S) RGB in [0, 1]; masks: (T, 1, S, S) propagated object masks (soft);
+        parts: (T, K + 1, S, S) propagated soft parts (channel 0 background);
+        boxes: (T, 4) crop boxes (x0, y0, x1, y1) in the processed frames' pixels;
+        valid: (T,) bool, False where the object vanished; frame_hw: (H, W) of the processed frames.
+    """
+
+    images: Tensor
+    masks: Tensor
+    parts: Tensor
+    boxes: Tensor
+    valid: Tensor
+    frame_hw: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class VideoMaps:
+    """Video-level maps shared by all frames: parts (K + 1, Hu, Wu), texture (3, Hu, Wu), base shape (V, 3)."""
+
+    parts: Tensor
+    texture: Tensor
+    base: Tensor
+
+
+@torch.no_grad()
+def predict_frames(model: MeshPredictor, images: Tensor, batch_size: int = 16) -> Prediction:
+    """The predictor on every crop (no gradient), batched; returns one Prediction for all T frames."""
+    preds = [model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    first = preds[0]
+    cat = {name: torch.cat([getattr(p, name) for p in preds]) for name in ("verts", "delta_v", "cams", "uv_flow",
+                                                                           "kp3d")}
+    return Prediction(**cat, vert2kp=first.vert2kp, mean_verts=first.mean_verts, faces=first.faces,
+                      face_uvs=first.face_uvs)
+
+
+def video_maps(pred: Prediction, crops: VideoCrops) -> VideoMaps:
+    """Pool every valid frame's parts and texture into UV space (visibility-weighted) and average the shapes."""
+    uv_hw = tuple(pred.uv_flow.shape[-2:])
+    face_index, bary = texel_surface(pred.face_uvs, uv_hw)
+    keep = crops.valid if bool(crops.valid.any()) else torch.ones_like(crops.valid)
+    visibility = texel_visibility(pred.verts[keep], pred.cams[keep], pred.faces, face_index, bary)
+    flow = pred.uv_flow[keep]
+    parts = pool_uv_maps(uv_maps_from_flow(crops.parts[keep], flow), visibility)
+    texture = pool_uv_maps(texture_from_flow(crops.images[keep], flow), visibility)
+    return VideoMaps(parts, texture, pred.verts[keep].mean(0))
+
+
+def select_parameters(model: MeshPredictor, layers: str) -> list[torch.nn.Parameter]:
+    """The weights the adaptation updates: ``all``, ``heads`` (shape, camera, flow heads) or name prefixes."""
+    if layers == "all":
+        return list(model.parameters())
+    prefixes = ("shape_head", "camera_head", "flow_head") if layers == "heads" else tuple(
+        p.strip() for p in layers.split(",") if p.strip())
+    chosen = [p for name, p in model.named_parameters() if name.startswith(prefixes)]
+    if not chosen:
+        raise ValueError(f"layers: no predictor weights match {layers!r}")
+    return chosen
+
+
+def _resize(x: Tensor, size: int) -> Tensor:
+    return x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="area")
+
+
+def adaptation_losses(pred: Prediction, crops: VideoCrops, frames: Tensor, maps: VideoMaps, renderer: SoftRenderer,
+                      laplacian: Tensor, weights: LossWeights) -> tuple[Tensor, dict]:
+    """All adaptation terms for a window of consecutive frames ``frames`` (B,) with predictions ``pred``."""
+    B, size = len(frames), renderer.height
+    verts_ndc = weak_perspective_project(pred.verts, pred.cams)
+    texture = torch.cat([maps.parts, maps.texture])[None].expand(B, -1, -1, -1)
+    out = renderer(verts_ndc, pred.faces, face_uvs=pred.face_uvs, texture=texture)
+    K1 = maps.parts.shape[0]
+    parts_r, rgb_r, sil_r = out[:, :K1], out[:, K1:K1 + 3], out[:, -1:]
+    valid = crops.valid[frames]
+    parts_o, mask_o = _resize(crops.parts[frames], size), _resize(crops.masks[frames], size)
+    image_o = _resize(crops.images[frames], size)
+    terms = {}
+    if bool(valid.any()):
+        terms["part_map"], terms["part_centre"] = part_correspondence_loss(parts_r[valid], parts_o[valid])
+        terms["silhouette"] = silhouette_loss(sil_r[valid], mask_o[valid])
+        terms["texture"] = masked_l1(rgb_r[valid], image_o[valid], mask_o[valid])
+    terms["arap"], terms["laplacian"] = base_shape_loss(pred.verts, maps.base, pred.faces, laplacian)
+    cams_px = crop_cameras_to_pixels(pred.cams, crops.boxes[frames])
+    scale = cams_px.new_tensor([max(crops.frame_hw), crops.frame_hw[1], crops.frame_hw[0]])
+    terms["camera_smooth"] = temporal_smoothness(cams_px[:, :3] / scale) + quaternion_smoothness(cams_px[:, 3:])
+    terms["residual_smooth"] = temporal_smoothness(pred.verts - maps.base)
+    loss = sum(getattr(weights, name) * value for name, value in terms.items())
+    return loss, {name: float(value) for name, value in terms.items()}
+
+
+def adapt_predictor(model: MeshPredictor, crops: VideoCrops, maps: VideoMaps, cfg: OptimConfig,
+                    weights: LossWeights, seed: int = 0) -> list[dict]:
+    """Fine-tune the predictor on one video; returns the loss history (one dict per step).
+
+    Each step takes a random window of ``batch_size`` consecutive frames. The model stays in eval mode
+    (BatchNorm keeps its training statistics: a window of one video is not a representative batch). The shared
+    base shape follows the predicted shapes as a running average.
+    """
+    params = select_parameters(model, cfg.layers)
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    renderer = SoftRenderer(SoftRenderSettings(image_size=cfg.render_size, sigma=cfg.sigma, gamma=cfg.gamma))
+    laplacian = uniform_laplacian(model.faces, len(maps.base)).to(device=maps.base.device, dtype=maps.base.dtype)
+    rng = np.random.default_rng(seed)
+    T, B = len(crops.images), min(cfg.batch_size, len(crops.images))
+    base = maps.base.clone()
+    history = []
+    model.eval()
+    bar = tqdm(range(cfg.iterations), desc="adapt", unit="step")
+    for step in bar:
+        tic = time.time()
+        start = int(rng.integers(0, T - B + 1))
+        frames = torch.arange(start, start + B, device=crops.images.device)
+        pred = model(crops.images[frames])
+        loss, stats = adaptation_losses(pred, crops, frames, VideoMaps(maps.parts, maps.texture, base), renderer,
+                                        laplacian, weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            base = cfg.base_momentum * base + (1 - cfg.base_momentum) * pred.verts.detach().mean(0)
+        stats.update(step=step, loss=float(loss), seconds=time.time() - tic)
+        history.append(stats)
+        bar.set_postfix(loss=f"{float(loss):.4f}", sil=f"{stats.get('silhouette', 0):.4f}",
+                        part=f"{stats.get('part_map', 0):.4f}")
+    return history

@@ -1,0 +1,147 @@
+"""Consistent mesh sequences from one bird video: ``python -m adapt.run [INPUT] [--mask M | --box B] [--out DIR]``.
+
+The pipeline, top-down (each stage a function; Li et al., NeurIPS 2020):
+  1. read frames; first-frame mask (given, GrabCut in a box, or guessed); K random parts inside it;
+     propagate mask + parts through the video with the correspondence model;
+  2. crop each frame around its propagated mask; the predictor gives shape, camera and texture flow;
+  3. map the parts (and colours) to UV through the texture flows; pool them into video-level UV maps;
+  4. fine-tune the predictor on this video (rendered parts / silhouettes vs propagated ones, shared base shape
+     and texture, smooth cameras) — skipped with ``--no-adapt``;
+  5. export meshes, animation, cameras, masks, parts, overlay and a report into ``--out`` (atomically).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from birdmesh.config import add_config_arguments, config_to_dict, format_config, load_config, save_config
+from birdmesh.errors import UserError, cli_entry
+from birdmesh.outdir import atomic_output_dir
+from birdmesh.runtime import resolve_device, seed_everything
+from mesh_recon.checkpoint import load_predictor
+
+from .config import AdaptConfig
+from .export import export_sequence
+from .inputs import DEMO_MASK, DEMO_VIDEO, grabcut, parse_box, read_mask, read_video, resize_mask
+from .optimize import adapt_predictor, predict_frames, video_maps
+from .outputs import cameras_in_original_pixels, project_to_ndc, write_masks, write_overlay, write_parts, write_report
+from .stages import first_frame_labels, guess_first_mask, propagate_and_crop, propagation_model
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "adapt.yaml"
+
+
+def first_frame_mask(video, args, model, cfg: AdaptConfig, warnings: list[str]) -> np.ndarray:
+    """The first-frame object mask at the processing size, from --mask, --box or a guess."""
+    frame = video.frames[0]
+    size = (frame.shape[1], frame.shape[0])
+    if args.mask:
+        return resize_mask(read_mask(args.mask, video.original_size, args.resize_mask), size)
+    if args.box:
+        x0, y0, x1, y1 = parse_box(args.box, video.original_size)
+        r = frame.shape[1] / video.original_size[0]
+        box = (int(x0 * r), int(y0 * r), max(int(x1 * r), int(x0 * r) + 2), max(int(y1 * r), int(y0 * r) + 2))
+        mask = grabcut(frame, box=box, iterations=cfg.input.grabcut_iterations)
+    else:
+        warnings.append("no --mask or --box: the first-frame mask was guessed (predictor silhouette + GrabCut)")
+        print(f"warning: {warnings[-1]}", flush=True)
+        mask = guess_first_mask(frame, model, cfg.input.grabcut_iterations)
+    if not mask.any():
+        raise UserError("the first-frame mask came out empty: pass --mask or a tighter --box")
+    return mask
+
+
+def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
+    """The whole pipeline into the (temporary) output folder ``out``; returns the report."""
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    timings, warnings, tic = {}, [], time.time()
+
+    def lap(name: str) -> None:
+        nonlocal tic
+        timings[name] = round(time.time() - tic, 3)
+        tic = time.time()
+
+    # 1. Frames, first-frame labels, propagation.
+    video = read_video(args.input, cfg.input)
+    predictor, predictor_cfg = load_predictor(cfg.predictor.checkpoint or None, device)
+    mask0 = first_frame_mask(video, args, predictor, cfg, warnings)
+    labels0 = first_frame_labels(video.frames[0], mask0, cfg)
+    lap("read")
+    crops, part_indices = propagate_and_crop(video, labels0, propagation_model(cfg, device), cfg,
+                                             predictor_cfg.model.image_size, device)
+    vanished = [int(t) for t in torch.nonzero(~crops.valid).flatten()]
+    if vanished:
+        warnings.append(f"the object vanished in {len(vanished)} frames (not adapted on): {vanished[:20]}")
+        print(f"warning: {warnings[-1]}", flush=True)
+    lap("propagate")
+    # 2-3. Per-frame predictions, video-level UV maps.
+    maps = video_maps(predict_frames(predictor, crops.images), crops)
+    lap("predict")
+    # 4. Online adaptation.
+    history = [] if args.no_adapt else adapt_predictor(predictor, crops, maps, cfg.optim, cfg.loss, cfg.seed)
+    lap("adapt")
+    # 5. Export.
+    pred = predict_frames(predictor, crops.images)
+    final = video_maps(pred, crops)
+    rotation, scale, translation = cameras_in_original_pixels(pred.cams, crops.boxes, crops.frame_hw,
+                                                              video.original_size)
+    texture = (final.texture.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    cameras = [{"rotation": r.tolist(), "scale": float(s), "translation": t.tolist()}
+               for r, s, t in zip(rotation, scale, translation)]
+    export_sequence(out, pred.verts.cpu(), pred.faces.cpu(), pred.face_uvs.cpu(), texture, video.fps, cameras,
+                    video.original_size)
+    verts_ndc = project_to_ndc(pred.verts, rotation, scale, translation, video.original_size)
+    write_masks(out / "masks", verts_ndc, pred.faces, video.original_size)
+    write_parts(out / "parts", part_indices, video.original_size)
+    if cfg.export.overlay:
+        write_overlay(out / "overlay.mp4", video.frames, pred.verts, rotation, scale, translation, pred.faces,
+                      pred.face_uvs, final.texture.clamp(0, 1), part_indices, video.original_size, video.fps)
+    lap("export")
+    report = {"input": str(args.input), "frames": len(video.frames), "fps": video.fps,
+              "adapted": not args.no_adapt, "settings": config_to_dict(cfg), "timings_s": timings,
+              "losses": history, "warnings": warnings, "vanished_frames": vanished}
+    write_report(out / "report.json", report)
+    return report
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("input", nargs="?", default=None, help="video file or frame folder (default: the demo)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--mask", help="first-frame mask PNG (0/255 or DAVIS palette), same size as the frames")
+    group.add_argument("--box", help="x0,y0,x1,y1 around the bird in the first frame (OpenCV GrabCut)")
+    parser.add_argument("--resize-mask", action="store_true", help="resize a mask of another size to the frames")
+    parser.add_argument("--out", help="output folder (default: ./out/<input name>)")
+    parser.add_argument("--no-adapt", action="store_true", help="frame-wise predictor only (the baseline)")
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda (overrides the config)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_config_arguments(parser, str(DEFAULT_CONFIG))
+    args = parser.parse_args(argv)
+    if args.input is None:
+        args.input = str(DEMO_VIDEO)
+        if not args.mask and not args.box:
+            args.mask = str(DEMO_MASK)
+    return args
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
+    cfg = load_config(AdaptConfig, args.config, overrides)
+    print(format_config(cfg), flush=True)
+    if not Path(args.input).exists():
+        raise UserError(f"{args.input}: no such file or folder")
+    out = Path(args.out or Path("out") / Path(args.input).stem)
+    with atomic_output_dir(out, args.overwrite) as tmp:
+        save_config(cfg, tmp)
+        report = run(args, cfg, tmp)
+    print(f"wrote {report['frames']} meshes to {out} ({', '.join(f'{k} {v:.1f} s' for k, v in report['timings_s'].items())})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""The stages of ``adapt.run`` between reading the video and exporting: labels, propagation, crops, predictions."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from birdmesh.errors import UserError
+from correspondence.checkpoint import load_model
+from correspondence.config import PropagationConfig
+from correspondence.labels import PixelFeatures, index_to_soft
+from correspondence.propagate import iter_propagate, upsample_labels
+from mesh_recon.crop import crop_box_from_mask, crop_image
+from mesh_recon.geometry import weak_perspective_project
+from mesh_recon.predictor import MeshPredictor
+from mesh_recon.render import render_hard
+
+from .config import AdaptConfig
+from .inputs import VideoInput, grabcut
+from .optimize import VideoCrops
+from .parts import random_parts
+
+
+def frame_tensor(frame: np.ndarray, device) -> Tensor:
+    """uint8 (H, W, 3) -> float (1, 3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1)[None].float() / 255
+
+
+@torch.no_grad()
+def guess_first_mask(frame: np.ndarray, model: MeshPredictor, iterations: int) -> np.ndarray:
+    """No mask given: the predictor's silhouette on a centred square crop, refined by GrabCut; (H, W) bool."""
+    H, W = frame.shape[:2]
+    image = frame_tensor(frame, next(model.parameters()).device)
+    side = float(max(H, W))
+    box = torch.tensor([[(W - side) / 2, (H - side) / 2, (W + side) / 2, (H + side) / 2]], device=image.device)
+    crop = crop_image(image, box, model.cfg.image_size)
+    pred = model(crop)
+    verts = weak_perspective_project(pred.verts, pred.cams)
+    silhouette = render_hard(verts, pred.faces, model.cfg.image_size).mask  # (1, 1, S, S)
+    # Back to the frame: sample the crop's silhouette at every frame pixel.
+    ys, xs = torch.meshgrid(torch.arange(H, device=image.device), torch.arange(W, device=image.device),
+                            indexing="ij")
+    grid = torch.stack([(2 * (xs - box[0, 0]) + 1) / side - 1, (2 * (ys - box[0, 1]) + 1) / side - 1], -1)
+    prior = torch.nn.functional.grid_sample(silhouette, grid[None].float(), mode="nearest", align_corners=False)
+    prior = prior[0, 0].cpu().numpy() > 0.5
+    if not prior.any():
+        raise UserError("could not guess where the bird is in the first frame: pass --mask or --box")
+    return grabcut(frame, prior=prior, iterations=iterations)
+
+
+def first_frame_labels(frame: np.ndarray, mask: np.ndarray, cfg: AdaptConfig) -> Tensor:
+    """Soft labels (K + 1, H, W) of the first frame: background and K random parts covering the mask."""
+    parts = random_parts(frame, mask, cfg.parts.num_parts, cfg.seed, cfg.parts.color_weight)
+    return index_to_soft(parts, cfg.parts.num_parts + 1)
+
+
+def propagation_model(cfg: AdaptConfig, device) -> torch.nn.Module:
+    """The correspondence model named by the config (``pixels`` = no learned model)."""
+    if cfg.propagation.method == "pixels":
+        return PixelFeatures().to(device)
+    return load_model(cfg.propagation.checkpoint or None, device)[0]
+
+
+def propagate_and_crop(video: VideoInput, labels0: Tensor, model: torch.nn.Module, cfg: AdaptConfig,
+                       crop_size: int, device) -> tuple[VideoCrops, np.ndarray]:
+    """Propagate mask + parts through the video and cut the predictor's crops frame by frame (memory flat).
+
+    Returns:
+        VideoCrops and the propagated part indices (T, H, W) uint8 (0 background) for export.
+    """
+    p = cfg.propagation
+    prop_cfg = PropagationConfig(context_previous=p.context_previous, topk=p.topk, radius=p.radius,
+                                 temperature=p.temperature, use_bf16=p.use_bf16)
+    T, H, W = video.frames.shape[:3]
+    images, masks, parts, boxes, valid, indices = [], [], [], [], [], []
+    stream = iter_propagate(iter(video.frames), labels0.to(device), model, prop_cfg)
+    for t, labels in enumerate(tqdm(stream, total=T, desc="propagate", unit="frame")):
+        soft = labels0.to(device) if t == 0 else upsample_labels(labels, (H, W))  # (K + 1, H, W)
+        mask = (1 - soft[:1])[None]  # (1, 1, H, W)
+        area = float((mask > 0.5).float().mean())
+        valid.append(area >= cfg.parts.min_area)
+        frame = frame_tensor(video.frames[t], device)
+        box = crop_box_from_mask(mask, cfg.predictor.crop_padding) if valid[-1] else boxes[-1] if boxes else \
+            crop_box_from_mask(mask, cfg.predictor.crop_padding)
+        images.append(crop_image(frame, box, crop_size))
+        masks.append(crop_image(mask, box, crop_size, padding_mode="zeros"))
+        parts.append(crop_image(soft[None], box, crop_size))
+        boxes.append(box)
+        indices.append(soft.argmax(0).to(torch.uint8).cpu().numpy())
+    crops = VideoCrops(torch.cat(images), torch.cat(masks), torch.cat(parts), torch.cat(boxes),
+                       torch.tensor(valid, device=device), (H, W))
+    return crops, np.stack(indices)
+
+

@@ -1,0 +1,42 @@
+"""The mesh predictor's checkpoints: loading for inference (default: the shipped weights) and fp16 export."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from birdmesh.checkpoint import half_precision, read_checkpoint, save_checkpoint
+from birdmesh.config import config_from_dict, config_to_dict
+from birdmesh.errors import UserError
+
+from .predictor import MeshPredictor
+from .predictor_config import CMRConfig
+
+DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "cmr_bird_cpu.pt"
+VERSION = 1
+
+
+def load_predictor(path: str | Path | None = None,
+                   device: str | torch.device = "cpu") -> tuple[MeshPredictor, CMRConfig]:
+    """The trained predictor in eval mode and its config (default: ``weights/cmr_bird_cpu.pt``).
+
+    Accepts a training checkpoint (``last.pt``) or an exported fp16 file; weights are cast to float32.
+    """
+    path = Path(path or DEFAULT_WEIGHTS)
+    ckpt = read_checkpoint(path)
+    cfg = config_from_dict(CMRConfig, ckpt["config"], str(path))
+    model = MeshPredictor(cfg.model)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise UserError(f"{path}: weights do not fit the predictor of its config ({str(err).splitlines()[0]})") from None
+    return model.to(device).eval(), cfg
+
+
+def export_weights(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write the model weights of a training checkpoint as a small fp16 file (no optimizer state)."""
+    ckpt = read_checkpoint(checkpoint)
+    cfg = config_from_dict(CMRConfig, ckpt["config"], str(checkpoint))
+    save_checkpoint(out, config_to_dict(cfg), half_precision(ckpt["state_dict"]), int(ckpt["step"]), VERSION)
+    return Path(out)

@@ -1,0 +1,199 @@
+"""Train the CMR mesh predictor on synthetic birds: ``python -m mesh_recon.train --config configs/cmr_cpu.yaml``.
+
+Images come from ``mesh_recon.synth``, generated on the fly in DataLoader workers (batch k of rank r is samples
+(k * world + r) * B ... of dataset ``data.seed``, so a resumed run sees new images) or read from a folder of
+``python -m mesh_recon.synth images``. Resumes from ``<out_dir>/last.pt``; logs ``log.csv``; runs as one process or
+under ``torchrun --nproc_per_node=N`` (DistributedDataParallel: gloo on CPU, nccl on GPU).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from birdmesh.checkpoint import read_checkpoint, save_checkpoint
+from birdmesh.config import add_config_arguments, config_to_dict, format_config, load_config, save_config
+from birdmesh.errors import cli_entry
+from birdmesh.runtime import seed_everything
+from birdmesh.training import append_csv_row, cleanup_distributed, setup_distributed, wrap_distributed
+
+from .checkpoint import VERSION, export_weights
+from .losses import mask_barrier, predictor_losses
+from .predictor import MeshPredictor
+from .predictor_config import CMRConfig, DataConfig, LossConfig
+from .predictor_networks import stem_features
+from .render import SoftRenderer, SoftRenderSettings
+from .synth import SynthBirdImages, generate_batch
+from .template import bird_template_init
+
+BATCH_KEYS = ("image", "mask", "kp", "cam")
+
+
+class SynthBatches(torch.utils.data.IterableDataset):
+    """Endless batches (dicts of BATCH_KEYS plus ``mask_barrier``) for one rank, from ``first_step`` on.
+
+    Worker w of W yields the batches of steps first_step + w, + W, ...; the DataLoader interleaves them in order.
+    """
+
+    def __init__(self, cfg: DataConfig, loss: LossConfig, size: int, batch: int, first_step: int, rank: int,
+                 world: int):
+        super().__init__()
+        self.cfg, self.loss, self.size, self.batch = cfg, loss, size, batch
+        self.first_step, self.rank, self.world = first_step, rank, world
+        self.folder = SynthBirdImages(cfg.folder) if cfg.folder else None
+        if self.folder is not None and self.folder.size != size:
+            raise ValueError(f"data.folder: expected {size} px images (model.image_size), got {self.folder.size}")
+
+    def make_batch(self, step: int) -> dict[str, Tensor]:
+        """The batch of one step: generated (synthetic sample ids) or drawn from the folder (seeded by the step)."""
+        first = (step * self.world + self.rank) * self.batch
+        if self.folder is None:
+            batch = generate_batch(self.batch, self.size, self.cfg.seed, first, self.cfg.synth,
+                                   self.cfg.data_dir or None)
+        else:
+            rng = np.random.default_rng([self.cfg.seed, step, self.rank])
+            items = [self.folder[int(i)] for i in rng.integers(len(self.folder), size=self.batch)]
+            batch = {k: torch.stack([item[k] for item in items]) for k in BATCH_KEYS}
+        batch = {k: batch[k] for k in BATCH_KEYS}
+        batch["mask_barrier"] = mask_barrier(batch["mask"], self.loss.barrier_sharpness)
+        return batch
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        step = self.first_step + worker
+        while True:
+            yield self.make_batch(step)
+            step += workers
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # one thread per data process: the trainer owns the other cores
+
+
+class TrainingStep(nn.Module):
+    """Predictor + renderer + losses as one module, so DistributedDataParallel sees a (loss, stats) forward."""
+
+    def __init__(self, predictor: MeshPredictor, loss_cfg: LossConfig):
+        super().__init__()
+        self.predictor, self.loss_cfg = predictor, loss_cfg
+        self.renderer = SoftRenderer(SoftRenderSettings(loss_cfg.render_size, loss_cfg.sigma, loss_cfg.gamma))
+
+    def features(self, images: Tensor) -> list:
+        return stem_features(self.predictor.encoder, images)
+
+    def forward(self, batch: dict) -> tuple[Tensor, dict]:
+        pred = self.predictor(batch["image"])
+        return predictor_losses(pred, batch, self.renderer, self.loss_cfg, self.features)
+
+
+def learning_rate(step: int, cfg: CMRConfig) -> float:
+    """Constant, then linear decay to lr * final_lr_factor over the last ``decay_fraction`` of the steps."""
+    t = cfg.train
+    start = t.steps * (1 - t.decay_fraction)
+    if step < start or t.decay_fraction <= 0:
+        return t.lr
+    progress = min(1.0, (step - start) / max(t.steps - start, 1))
+    return t.lr * (1 - progress * (1 - t.final_lr_factor))
+
+
+def build_predictor(cfg: CMRConfig) -> MeshPredictor:
+    """A fresh predictor with the bird mean shape and keypoint assignment (needs the shared bird model)."""
+    model = MeshPredictor(cfg.model)
+    model.reset_template(*bird_template_init(model.template, cfg.data.data_dir or None))
+    return model
+
+
+def _loader(cfg: CMRConfig, step: int, rank: int, world: int):
+    dataset = SynthBatches(cfg.data, cfg.loss, cfg.model.image_size, cfg.train.batch_size, step, rank, world)
+    workers = cfg.data.workers
+    return iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
+                                            worker_init_fn=_worker_init if workers else None,
+                                            persistent_workers=workers > 0, prefetch_factor=2 if workers else None))
+
+
+def _log(out: Path, step: int, loss_sum: float, stats_sum: dict, count: int, rate: float, lr: float) -> dict:
+    row = {"step": step, "loss": f"{loss_sum / count:.5f}", "images_per_s": f"{rate:.2f}", "lr": f"{lr:.3g}"}
+    row.update({k: f"{v / count:.5f}" for k, v in sorted(stats_sum.items())})
+    append_csv_row(out / "log.csv", row)
+    return row
+
+
+def train(cfg: CMRConfig, max_steps: int | None = None) -> Path:
+    """Run (or resume) training; return the checkpoint path. ``max_steps`` stops early (tests, time budgets)."""
+    rank, world, device = setup_distributed(cfg.train.device)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed + rank)
+    out = Path(cfg.train.out_dir)
+    ckpt_path = out / "last.pt"
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        print(format_config(cfg), flush=True)
+        save_config(cfg, out)
+    model = build_predictor(cfg).to(device)  # identical on every rank: the template init is deterministic
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    step = 0
+    if ckpt_path.exists():
+        ckpt = read_checkpoint(ckpt_path)
+        model.load_state_dict(ckpt["state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step = int(ckpt["step"])
+        if rank == 0:
+            print(f"resumed from {ckpt_path} at step {step}", flush=True)
+    net = wrap_distributed(TrainingStep(model, cfg.loss).to(device), world, device)
+    batches = _loader(cfg, step, rank, world)
+    end = cfg.train.steps if max_steps is None else min(cfg.train.steps, step + max_steps)
+    bar = tqdm(total=end, initial=step, desc="train cmr", disable=rank != 0, dynamic_ncols=True)
+    tic, loss_sum, stats_sum, count = time.time(), 0.0, {}, 0
+    net.train()
+    while step < end:
+        batch = {k: v.to(device) for k, v in next(batches).items()}
+        lr = learning_rate(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss, stats = net(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        loss_sum, count = loss_sum + loss.item(), count + 1
+        for k, v in stats.items():
+            stats_sum[k] = stats_sum.get(k, 0.0) + v.item()
+        if rank == 0 and (step % cfg.train.log_every == 0 or step == end):
+            rate = count * cfg.train.batch_size * world / max(time.time() - tic, 1e-9)
+            row = _log(out, step, loss_sum, stats_sum, count, rate, lr)
+            bar.set_postfix(loss=row["loss"], iou=row.get("iou"))
+            tic, loss_sum, stats_sum, count = time.time(), 0.0, {}, 0
+        if rank == 0 and (step % cfg.train.checkpoint_every == 0 or step == end):
+            save_checkpoint(ckpt_path, config_to_dict(cfg), model.state_dict(), step, VERSION,
+                            optimizer=optimizer.state_dict())
+    bar.close()
+    cleanup_distributed(world)
+    return ckpt_path
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_config_arguments(parser, "configs/cmr_cpu.yaml")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (resumable)")
+    parser.add_argument("--export", default=None, help="after training, write fp16 weights to this path")
+    args = parser.parse_args(argv)
+    cfg = load_config(CMRConfig, args.config, args.overrides)
+    ckpt = train(cfg, args.max_steps)
+    if args.export and int(os.environ.get("RANK", "0")) == 0:
+        print(f"exported {export_weights(ckpt, args.export)}")
+
+
+if __name__ == "__main__":
+    main()
