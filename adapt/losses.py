@@ -4,11 +4,9 @@ Convention: part maps are (B, K + 1, S, S) with channel 0 the background; only c
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from correspondence.ops import coordinate_grid
-from mesh_recon.losses import masked_l1, silhouette_loss  # noqa: F401 (the adaptation's terms too)
 from mesh_recon.mesh import arap_energy, laplacian_smoothing_loss
 
 

@@ -12,13 +12,13 @@ from tqdm import tqdm
 
 from mesh_recon.crop import crop_cameras_to_pixels
 from mesh_recon.geometry import weak_perspective_project
+from mesh_recon.losses import masked_l1, silhouette_loss
 from mesh_recon.mesh import uniform_laplacian
 from mesh_recon.predictor import MeshPredictor, Prediction, texture_from_flow
 from mesh_recon.render import SoftRenderer, SoftRenderSettings
 
 from .config import LossWeights, OptimConfig
-from .losses import (base_shape_loss, masked_l1, part_correspondence_loss, quaternion_smoothness, silhouette_loss,
-                     temporal_smoothness)
+from .losses import base_shape_loss, part_correspondence_loss, quaternion_smoothness, temporal_smoothness
 from .parts import pool_uv_maps, texel_surface, texel_visibility, uv_maps_from_flow
 
 
@@ -112,7 +112,7 @@ def adaptation_losses(pred: Prediction, crops: VideoCrops, frames: Tensor, maps:
     terms["camera_smooth"] = temporal_smoothness(cams_px[:, :3] / scale) + quaternion_smoothness(cams_px[:, 3:])
     terms["residual_smooth"] = temporal_smoothness(pred.verts - maps.base)
     loss = sum(getattr(weights, name) * value for name, value in terms.items())
-    return loss, {name: float(value) for name, value in terms.items()}
+    return loss, {name: float(value.detach()) for name, value in terms.items()}
 
 
 def adapt_predictor(model: MeshPredictor, crops: VideoCrops, maps: VideoMaps, cfg: OptimConfig,
@@ -145,7 +145,7 @@ def adapt_predictor(model: MeshPredictor, crops: VideoCrops, maps: VideoMaps, cf
         optimizer.step()
         with torch.no_grad():
             base = cfg.base_momentum * base + (1 - cfg.base_momentum) * pred.verts.detach().mean(0)
-        stats.update(step=step, loss=float(loss), seconds=time.time() - tic)
+        stats.update(step=step, loss=float(loss.detach()), seconds=time.time() - tic)
         history.append(stats)
         bar.set_postfix(loss=f"{float(loss):.4f}", sil=f"{stats.get('silhouette', 0):.4f}",
                         part=f"{stats.get('part_map', 0):.4f}")

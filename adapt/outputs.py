@@ -1,4 +1,4 @@
-"""Outputs of ``adapt.run`` besides the meshes: cameras in original pixels, masks, parts, overlay, report."""
+"""Outputs of ``adapt.run`` besides the meshes (``export.py``): masks, parts, overlay video, report."""
 from __future__ import annotations
 
 import json
@@ -11,21 +11,7 @@ from torch import Tensor
 
 from birdmesh.davis import DAVIS_PALETTE, write_annotation
 from birdmesh.video import write_video
-from mesh_recon.crop import crop_cameras_to_pixels
-from mesh_recon.geometry import quaternion_to_rotation_matrix
 from mesh_recon.render import render_hard, sample_texture_hard
-
-
-def cameras_in_original_pixels(cams: Tensor, boxes: Tensor, processed_hw: tuple[int, int],
-                               original_wh: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
-    """Crop cameras -> (R (T, 3, 3), scale (T,), translation (T, 2)) such that original-frame pixel coordinates
-    (pixel centres) are ``scale * (R X)[:2] + translation`` for canonical vertices X."""
-    px = crop_cameras_to_pixels(cams, boxes)  # processed-frame pixels
-    ratio_x, ratio_y = original_wh[0] / processed_hw[1], original_wh[1] / processed_hw[0]
-    # Pixel centres: u0 = (u + 0.5) * ratio - 0.5; the scale follows the (near-identical) axis ratios.
-    scale = px[:, 0] * (ratio_x + ratio_y) / 2
-    translation = torch.stack([(px[:, 1] + 0.5) * ratio_x - 0.5, (px[:, 2] + 0.5) * ratio_y - 0.5], 1)
-    return quaternion_to_rotation_matrix(px[:, 3:]), scale, translation
 
 
 def project_to_ndc(verts: Tensor, rotation: Tensor, scale: Tensor, translation: Tensor,

@@ -25,10 +25,10 @@ from birdmesh.runtime import resolve_device, seed_everything
 from mesh_recon.checkpoint import load_predictor
 
 from .config import AdaptConfig
-from .export import export_sequence
+from .export import PixelCamera, camera_entry, camera_to_pixels, export_sequence
 from .inputs import DEMO_MASK, DEMO_VIDEO, grabcut, parse_box, read_mask, read_video, resize_mask
 from .optimize import adapt_predictor, predict_frames, video_maps
-from .outputs import cameras_in_original_pixels, project_to_ndc, write_masks, write_overlay, write_parts, write_report
+from .outputs import project_to_ndc, write_masks, write_overlay, write_parts, write_report
 from .stages import first_frame_labels, guess_first_mask, propagate_and_crop, propagation_model
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "adapt.yaml"
@@ -87,11 +87,10 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     # 5. Export.
     pred = predict_frames(predictor, crops.images)
     final = video_maps(pred, crops)
-    rotation, scale, translation = cameras_in_original_pixels(pred.cams, crops.boxes, crops.frame_hw,
-                                                              video.original_size)
+    processed_wh = (crops.frame_hw[1], crops.frame_hw[0])
+    rotation, scale, translation = camera_to_pixels(pred.cams, crops.boxes, video.original_size, processed_wh)
     texture = (final.texture.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    cameras = [{"rotation": r.tolist(), "scale": float(s), "translation": t.tolist()}
-               for r, s, t in zip(rotation, scale, translation)]
+    cameras = [camera_entry(PixelCamera(r, s, t)) for r, s, t in zip(rotation, scale, translation)]
     export_sequence(out, pred.verts.cpu(), pred.faces.cpu(), pred.face_uvs.cpu(), texture, video.fps, cameras,
                     video.original_size)
     verts_ndc = project_to_ndc(pred.verts, rotation, scale, translation, video.original_size)

@@ -1,6 +1,9 @@
 """Benchmark of the mesh_recon renderers (one run prints every figure).
 
-    OMP_NUM_THREADS=2 python bench/render.py [--threads 2] [--repeats 5]
+    python bench/render.py [--threads 1] [--repeats 5]
+
+Threads default to 1: with another job busy on the 2 cores, 2 intra-op threads oversubscribe them and every
+small op waits at a barrier (measured 3-100x slower); pass --threads 2 on an idle machine.
 
 Soft cases: batch 8, icosphere 642 v / 1280 f (scale 0.8, random rotations), forward + backward of an L1 loss.
 Each case runs in a fresh child process that reports its time (median wall and CPU seconds per call after one
@@ -58,6 +61,10 @@ def soft_case(name: str, size: int, batch: int = 8):
         target = torch.rand(batch, 1, size, size)
         return lambda: (render_silhouette(verts, faces, size) - target).abs().mean().backward()
     raise ValueError(f"case: unknown {name!r}")
+
+
+def ok(passed: bool) -> str:
+    return "ok" if passed else "MISSED"
 
 
 def time_calls(fn, repeats: int) -> tuple[float, float]:
@@ -120,7 +127,7 @@ def deodr_rate(verts, faces, size) -> tuple[float, float] | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--child")
     parser.add_argument("--size", type=int, default=128)
@@ -134,14 +141,16 @@ def main() -> None:
                        ("parts8", 256)]:
         r = run_child(case, size, 8, args.repeats, args.threads)
         target = TARGETS.get(f"{case}@{size}")
-        verdict = "" if target is None else f"  target <= {target:.2f} s: {'ok' if r['wall'] <= target else 'MISSED'}"
-        memory = f"  memory target <= {MEMORY_TARGET_MB} MB: {'ok' if r['rss_rise_mb'] <= MEMORY_TARGET_MB else 'MISSED'}" if size == 128 else ""
-        print(f"{case:>11} @ {size:3d} px: {r['wall']:.3f} s wall ({r['cpu']:.3f} s CPU), peak RSS +{r['rss_rise_mb']:.0f} MB"
-              f"{verdict}{memory}")
+        verdict = "" if target is None else f"  target <= {target:.2f} s: {ok(r['wall'] <= target)}"
+        if size == 128:
+            verdict += f"  memory target <= {MEMORY_TARGET_MB} MB: {ok(r['rss_rise_mb'] <= MEMORY_TARGET_MB)}"
+        print(f"{case:>11} @ {size:3d} px: {r['wall']:.3f} s wall ({r['cpu']:.3f} s CPU), "
+              f"peak RSS +{r['rss_rise_mb']:.0f} MB{verdict}")
     brute = run_child("brute_silhouette", 32, 2, 2, args.threads)
     culled = run_child("culled_silhouette_small", 32, 2, args.repeats, args.threads)
     print(f"brute force all pairs (batch 2, 32 px silhouette): {brute['wall']:.3f} s, +{brute['rss_rise_mb']:.0f} MB; "
-          f"culled {culled['wall']:.4f} s, +{culled['rss_rise_mb']:.0f} MB: x{brute['wall'] / culled['wall']:.0f} faster")
+          f"culled {culled['wall']:.4f} s, +{culled['rss_rise_mb']:.0f} MB: "
+          f"x{brute['wall'] / culled['wall']:.0f} faster")
     sphere, sphere_faces = projected_sphere(8)
     bird, bird_faces = bird_like_mesh(8)
     for label, verts, faces, size in [("642 v / 1280 f", sphere, sphere_faces, 128),

@@ -67,15 +67,18 @@ def rotation_matrix_to_quaternion(rotation: Tensor) -> Tensor:
     """
     check_shape(rotation, "... 3 3", "rotation")
     m = rotation
-    trace = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
-    # Four candidate solutions, each accurate when its leading component is the largest.
+    m00, m01, m02 = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
+    m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
+    m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
+    trace = m00 + m11 + m22
+    # Four candidate solutions (row k = 4 q_k q), each accurate when its leading component is the largest.
     candidates = torch.stack([
-        torch.stack([1 + trace, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
-        torch.stack([m[..., 2, 1] - m[..., 1, 2], 1 + 2 * m[..., 0, 0] - trace, m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1),
-        torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], 1 + 2 * m[..., 1, 1] - trace, m[..., 1, 2] + m[..., 2, 1]], -1),
-        torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1], 1 + 2 * m[..., 2, 2] - trace], -1),
-    ], dim=-2)  # (..., 4, 4), row k = 4 q_k q
-    leading = torch.stack([trace, m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]], -1).argmax(-1)
+        torch.stack([1 + trace, m21 - m12, m02 - m20, m10 - m01], -1),
+        torch.stack([m21 - m12, 1 + 2 * m00 - trace, m01 + m10, m02 + m20], -1),
+        torch.stack([m02 - m20, m01 + m10, 1 + 2 * m11 - trace, m12 + m21], -1),
+        torch.stack([m10 - m01, m02 + m20, m12 + m21, 1 + 2 * m22 - trace], -1),
+    ], dim=-2)  # (..., 4, 4)
+    leading = torch.stack([trace, m00, m11, m22], -1).argmax(-1)
     quat = torch.gather(candidates, -2, leading[..., None, None].expand(leading.shape + (1, 4))).squeeze(-2)
     quat = quat / quat.norm(dim=-1, keepdim=True)
     return torch.where(quat[..., :1] < 0, -quat, quat)

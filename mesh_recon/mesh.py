@@ -95,9 +95,10 @@ def make_symmetric(verts: Tensor, faces: Tensor, tol: float = 1e-5) -> Symmetric
     left_all = torch.nonzero(x < -tol * scale)[:, 0]
     mirrored = verts[right] * torch.tensor([-1.0, 1.0, 1.0], dtype=verts.dtype)
     dist, match = torch.cdist(mirrored.double(), verts[left_all].double()).min(dim=1)
-    if len(left_all) != len(right) or (len(right) and float(dist.max()) > tol * scale * 10):
+    worst = float(dist.max()) if len(right) else 0.0
+    if len(left_all) != len(right) or worst > tol * scale * 10:
         raise ValueError(f"verts: expected a mesh mirror-symmetric in x, got {len(right)} right and "
-                         f"{len(left_all)} left vertices (worst mirror distance {float(dist.max()) if len(right) else 0:.3g})")
+                         f"{len(left_all)} left vertices (worst mirror distance {worst:.3g})")
     order = torch.cat([centre, right, left_all[match]])
     new_index = torch.empty_like(order)
     new_index[order] = torch.arange(len(order))

@@ -84,21 +84,13 @@ def barycentric_coefficients(face_xy: Tensor) -> Tensor:
     Args:
         face_xy: (N, 3, 2) NDC corners.
     Returns:
-        (N, 4) coefficients (k0, k1, k2, k3); degenerate faces (zero area) give non-finite or huge values,
-        callers mask them with ``face_area2``.
+        (N, 4) coefficients (k0, k1, k2, k3); zero-area faces give meaningless (finite) values: mask them.
     """
     e1 = face_xy[:, 1] - face_xy[:, 0]
     e2 = face_xy[:, 2] - face_xy[:, 0]
     area2 = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
     inv = 1.0 / torch.where(area2 == 0, torch.ones_like(area2), area2)
     return torch.stack([e2[:, 1] * inv, -e2[:, 0] * inv, -e1[:, 1] * inv, e1[:, 0] * inv], dim=1)
-
-
-def face_area2(face_xy: Tensor) -> Tensor:
-    """(N,) twice the signed NDC area of (N, 3, 2) triangles (positive = clockwise on screen, y down)."""
-    e1 = face_xy[:, 1] - face_xy[:, 0]
-    e2 = face_xy[:, 2] - face_xy[:, 0]
-    return e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
 
 
 @dataclass(frozen=True)
@@ -124,8 +116,9 @@ class HardFragments:
 def _zbuffer_pairs(face_xy: Tensor, face_z: Tensor, height: int, width: int, num_faces: int,
                    max_pairs: int) -> tuple[Tensor, Tensor, Tensor]:
     """Covered (pixel, face, depth) triples of all meshes: pixel flat in B*H*W, face in [0, F)."""
-    valid = torch.isfinite(face_z).all(dim=1) & (face_area2(face_xy).abs() > 0)
-    face_xy = torch.where(valid[:, None, None], face_xy, torch.full_like(face_xy, float("nan")))
+    e1, e2 = face_xy[:, 1] - face_xy[:, 0], face_xy[:, 2] - face_xy[:, 0]
+    valid = torch.isfinite(face_z).all(dim=1) & ((e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]).abs() > 0)
+    face_xy = torch.where(valid[:, None, None], face_xy, torch.full_like(face_xy, float("nan")))  # empty boxes
     table = torch.cat([face_xy[:, 0], barycentric_coefficients(face_xy), face_z[:, :1],
                        face_z[:, 1:] - face_z[:, :1]], dim=1).t().contiguous()  # (9, N): 1-D gathers are fast
     pix_all, face_all, z_all = [], [], []
@@ -302,7 +295,7 @@ class _SoftPairs(torch.autograd.Function):
         _, dmin, inside = _nearest_edge(terms)
         logit = dmin * (2 * inside - 1) / sigma
         keep = torch.nonzero(logit >= threshold).reshape(-1)
-        face, x, y, logit = face.index_select(0, keep), x.index_select(0, keep), y.index_select(0, keep), logit.index_select(0, keep)
+        face, x, y, logit = [value.index_select(0, keep) for value in (face, x, y, logit)]
         face_counts = torch.bincount(face, minlength=face_xy.shape[0])
         ctx.save_for_backward(table, face_zn, face, x, y, face_counts)
         ctx.sigma, ctx.with_bary = sigma, with_bary
@@ -329,20 +322,15 @@ class _SoftPairs(torch.autograd.Function):
         gx = [qx * share[j] for j in range(3)]
         gy = [qy * share[j] for j in range(3)]
         grad_zn = None
+        per_face = lambda values: torch.segment_reduce(values, "sum", lengths=face_counts)  # face-sorted pairs
         if ctx.with_bary:
             bary = _bary(terms, one_hot, inside)
             zn = [face_zn[:, j].index_select(0, face) for j in range(3)]
             g = [grad_bary[j] + grad_depth * zn[j] for j in range(3)]
             _add_bary_grad(gx, gy, g, bary, terms, columns[9], one_hot, inside, t, columns[6:9])
-            grad_zn = torch.stack([_segment_sum(grad_depth * bary[j], face_counts) for j in range(3)], 1)
-        grad_xy = torch.stack([torch.stack([_segment_sum(gx[j], face_counts), _segment_sum(gy[j], face_counts)], 1)
-                               for j in range(3)], 1)
+            grad_zn = torch.stack([per_face(grad_depth * bary[j]) for j in range(3)], 1)
+        grad_xy = torch.stack([torch.stack([per_face(gx[j]), per_face(gy[j])], 1) for j in range(3)], 1)
         return grad_xy, grad_zn, None, None, None, None, None, None
-
-
-def _segment_sum(values: Tensor, counts: Tensor) -> Tensor:
-    """Sums of consecutive runs of ``values`` (P,) with lengths ``counts`` (N,) -> (N,) (0 for empty runs)."""
-    return torch.segment_reduce(values, "sum", lengths=counts)
 
 
 def _add_bary_grad(gx, gy, g, bary, terms, orient, one_hot, inside, t, inv_len2) -> None:
@@ -391,9 +379,7 @@ def rasterize_soft(verts_ndc: Tensor, faces: Tensor, height: int, width: int, si
     zn = ((far - z) / (far - near).clamp_min(1e-12))  # (B, V) normalized depth, 1 = nearest
     face_xy = verts_ndc[..., :2][:, faces].reshape(B * F, 3, 2)
     face_zn = zn[:, faces].reshape(B * F, 3)
-    threshold = -math.log(1.0 / eps - 1.0)
-    parts = []
-    margin = coverage_radius(sigma, eps)
+    threshold, margin, parts = -math.log(1.0 / eps - 1.0), coverage_radius(sigma, eps), []
     for face, pixel, x, y in enumerate_face_pixels(face_xy, height, width, F, margin, max_pairs):
         logit, bary, depth_norm, keep, counts = _SoftPairs.apply(face_xy, face_zn, face, x, y, sigma, threshold,
                                                                  with_bary)

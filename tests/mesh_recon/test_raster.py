@@ -247,8 +247,9 @@ def test_no_nan_for_degenerate_outside_and_view_filling_meshes():
         verts = verts.clone().requires_grad_(True)
         B, V = verts.shape[:2]
         attrs = torch.rand(B, V, 3, requires_grad=True)
+        uv = torch.rand(V, 2) * 2 - 1
         images = [render_silhouette(verts, fcs, 24), render_vertex_attributes(verts, fcs, attrs, 24),
-                  render_uv_texture(verts, fcs, torch.rand(V, 2) * 2 - 1, texture[:B], 24), render_depth(verts, fcs, 24)]
+                  render_uv_texture(verts, fcs, uv, texture[:B], 24), render_depth(verts, fcs, 24)]
         loss = sum(image.square().mean() for image in images)
         loss.backward()
         assert all(torch.isfinite(image).all() for image in images)

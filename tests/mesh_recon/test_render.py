@@ -70,7 +70,8 @@ def test_nearer_triangle_wins(near_first):
     fragments = render_hard(verts, faces, 32)
     image = interpolate_hard(fragments, faces, colours)
     covered = fragments.mask[0, 0].bool()
-    assert torch.allclose(image[0, 0][covered], torch.ones(())) and torch.allclose(image[0, 1][covered], torch.zeros(()))
+    assert torch.allclose(image[0, 0][covered], torch.ones(()))
+    assert torch.allclose(image[0, 1][covered], torch.zeros(()))
     assert torch.allclose(fragments.depth[0][covered], torch.tensor(-0.5))
 
 

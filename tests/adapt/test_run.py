@@ -1,0 +1,156 @@
+"""End-to-end ``adapt.run`` on a tiny clip cut from the bundled demo: outputs, errors, adaptation."""
+import json
+
+import cv2
+import numpy as np
+import pygltflib
+import pytest
+import torch
+import trimesh
+from PIL import Image
+
+from adapt.config import AdaptConfig, LossWeights, OptimConfig
+from adapt.export import project_to_pixels
+from adapt.inputs import DEMO_MASK, DEMO_VIDEO, read_mask, read_video, resize_mask
+from adapt.optimize import adapt_predictor, predict_frames, video_maps
+from adapt.run import main as run_main
+from adapt.stages import first_frame_labels, propagate_and_crop, propagation_model
+from birdmesh.checkpoint import save_checkpoint
+from birdmesh.config import config_to_dict, load_config
+from mesh_recon.checkpoint import load_predictor
+from birdmesh.video import read_frames, write_video
+from mesh_recon.mesh import load_obj
+from mesh_recon.predictor import MeshPredictor
+from mesh_recon.predictor_config import CMRConfig
+
+FAST = ["propagation.method=pixels", "propagation.use_bf16=false", "input.max_side=160", "optim.iterations=2",
+        "optim.batch_size=3", "optim.render_size=32", "parts.num_parts=4", "export.overlay=true"]
+
+
+@pytest.fixture(scope="module")
+def predictor_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = CMRConfig()
+    path = tmp_path_factory.mktemp("weights") / "predictor.pt"
+    save_checkpoint(path, config_to_dict(cfg), MeshPredictor(cfg.model).state_dict(), 0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """The demo's first 5 frames and its first-frame mask."""
+    folder = tmp_path_factory.mktemp("clip")
+    frames = read_frames(DEMO_VIDEO, max_frames=5)
+    write_video(folder / "bird.mp4", frames, fps=12)
+    return folder / "bird.mp4", DEMO_MASK, frames.shape[1:3]
+
+
+def _run(args, predictor_checkpoint, extra=()):
+    sets = []
+    for item in FAST + [f"predictor.checkpoint={predictor_checkpoint}", *extra]:
+        sets += ["--set", item]
+    run_main([*args, *sets])
+
+
+def test_end_to_end_outputs_exist_parse_and_agree(tmp_path, clip, predictor_checkpoint):
+    video, mask, (H, W) = clip
+    out = tmp_path / "out"
+    _run([str(video), "--mask", str(mask), "--out", str(out)], predictor_checkpoint)
+    objs = sorted((out / "meshes").glob("*.obj"))
+    assert len(objs) == 5 and len(sorted((out / "masks").glob("*.png"))) == 5
+    assert len(sorted((out / "parts").glob("*.png"))) == 5
+    mesh = trimesh.load(objs[0], force="mesh")
+    assert len(mesh.faces) == 1280
+    gltf = pygltflib.GLTF2().load(str(out / "animation.glb"))
+    assert len(gltf.meshes[0].primitives[0].targets) == 5
+    assert len(trimesh.load(out / "animation.glb", force="scene").geometry) == 1
+    cameras = json.loads((out / "cameras.json").read_text())
+    assert (cameras["width"], cameras["height"]) == (W, H) and len(cameras["frames"]) == 5
+    report = json.loads((out / "report.json").read_text())
+    assert report["frames"] == 5 and len(report["losses"]) == 2 and set(report["timings_s"]) >= {"adapt", "export"}
+    assert read_frames(out / "overlay.mp4").shape[0] == 5
+    # The cameras reproduce the exported masks: fill the projected triangles independently (OpenCV).
+    for t in (0, 4):
+        verts, faces = load_obj(objs[t])
+        uv = project_to_pixels(verts.numpy(), cameras["frames"][t])[:, :2]
+        filled = np.zeros((H, W), np.uint8)
+        corners = np.round((uv[faces.numpy()] + 0.5) * 16).astype(np.int32)  # 4 fractional bits, pixel edges
+        for tri in corners:
+            cv2.fillPoly(filled, [tri - 8], 1, lineType=cv2.LINE_8, shift=4)
+        exported = np.asarray(Image.open(out / "masks" / f"{t:05d}.png")) > 127
+        iou = (exported & (filled > 0)).sum() / max((exported | (filled > 0)).sum(), 1)
+        assert iou > 0.95
+
+
+def test_no_adapt_and_one_frame_inputs(tmp_path, clip, predictor_checkpoint):
+    video, mask, (H, W) = clip
+    frame = read_frames(video, max_frames=1)[0]
+    Image.fromarray(frame).save(tmp_path / "one.png")
+    _run([str(tmp_path / "one.png"), "--mask", str(mask), "--out", str(tmp_path / "one"), "--no-adapt"],
+         predictor_checkpoint)
+    report = json.loads((tmp_path / "one" / "report.json").read_text())
+    assert report["frames"] == 1 and report["losses"] == [] and not report["adapted"]
+    assert len(list((tmp_path / "one" / "meshes").glob("*.obj"))) == 1
+
+
+def _error(args, predictor_checkpoint, capsys):
+    with pytest.raises(SystemExit) as info:
+        _run(args, predictor_checkpoint)
+    err = capsys.readouterr().err.strip().splitlines()
+    return info.value.code, err[-1] if err else ""
+
+
+def test_bad_inputs_fail_with_one_line_and_leave_nothing(tmp_path, clip, predictor_checkpoint, capsys):
+    video, mask, (H, W) = clip
+    out = tmp_path / "out"
+    cases = []
+    cases.append(([str(tmp_path / "missing.mp4"), "--mask", str(mask)], "missing.mp4"))
+    (tmp_path / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x13" * 500)
+    cases.append(([str(tmp_path / "corrupt.mp4"), "--mask", str(mask)], "corrupt.mp4"))
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "small.png")
+    cases.append(([str(video), "--mask", str(tmp_path / "small.png")], "small.png: mask is 30x20 but the frames"))
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(tmp_path / "empty.png")
+    cases.append(([str(video), "--mask", str(tmp_path / "empty.png")], "empty.png: mask is empty"))
+    cases.append(([str(video), "--box", f"{W + 10},{H + 10},{W + 50},{H + 50}"], "lies outside"))
+    for args, expected in cases:
+        code, last = _error([*args, "--out", str(out)], predictor_checkpoint, capsys)
+        assert code == 2 and expected in last and last.startswith("error: "), (args, last)
+        assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_existing_output_is_refused_without_overwrite(tmp_path, clip, predictor_checkpoint, capsys):
+    video, mask, _ = clip
+    (tmp_path / "out").mkdir()
+    code, last = _error([str(video), "--mask", str(mask), "--out", str(tmp_path / "out")], predictor_checkpoint,
+                        capsys)
+    assert code == 2 and "output folder exists" in last
+
+
+def test_vanishing_object_warns_instead_of_crashing(tmp_path, clip, predictor_checkpoint):
+    video, mask, (H, W) = clip
+    frames = read_frames(video)
+    frames[2:] = frames[2:, :1, :1]  # from frame 2 on: a flat colour, the bird is gone
+    write_video(tmp_path / "gone.mp4", frames, fps=12)
+    _run([str(tmp_path / "gone.mp4"), "--mask", str(mask), "--out", str(tmp_path / "out")], predictor_checkpoint,
+         ["parts.min_area=0.05"])
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert any("vanished" in w for w in report["warnings"]) and report["vanished_frames"]
+
+
+def test_adaptation_lowers_its_losses(clip, predictor_checkpoint):
+    video_path, mask_path, _ = clip
+    torch.manual_seed(0)
+    cfg = load_config(AdaptConfig, None, ["propagation.method=pixels", "propagation.use_bf16=false",
+                                          "input.max_side=160", "parts.num_parts=4"])
+    video = read_video(video_path, cfg.input)
+    mask = resize_mask(read_mask(mask_path, video.original_size, False), video.frames.shape[1:3][::-1])
+    model, predictor_cfg = load_predictor(predictor_checkpoint)
+    crops, _ = propagate_and_crop(video, first_frame_labels(video.frames[0], mask, cfg),
+                                  propagation_model(cfg, "cpu"), cfg, predictor_cfg.model.image_size, "cpu")
+    maps = video_maps(predict_frames(model, crops.images), crops)
+    history = adapt_predictor(model, crops, maps, OptimConfig(iterations=30, batch_size=5, lr=1e-3, render_size=32),
+                              LossWeights(), seed=0)
+    first = np.mean([h["loss"] for h in history[:5]])
+    last = np.mean([h["loss"] for h in history[-5:]])
+    assert last < 0.8 * first
+    assert np.mean([h["silhouette"] for h in history[-5:]]) < np.mean([h["silhouette"] for h in history[:5]])
