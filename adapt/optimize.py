@@ -147,6 +147,6 @@ def adapt_predictor(model: MeshPredictor, crops: VideoCrops, maps: VideoMaps, cf
             base = cfg.base_momentum * base + (1 - cfg.base_momentum) * pred.verts.detach().mean(0)
         stats.update(step=step, loss=float(loss.detach()), seconds=time.time() - tic)
         history.append(stats)
-        bar.set_postfix(loss=f"{float(loss):.4f}", sil=f"{stats.get('silhouette', 0):.4f}",
+        bar.set_postfix(loss=f"{stats['loss']:.4f}", sil=f"{stats.get('silhouette', 0):.4f}",
                         part=f"{stats.get('part_map', 0):.4f}")
     return history

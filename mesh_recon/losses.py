@@ -113,7 +113,8 @@ def _resize(x: Tensor, size: int) -> Tensor:
 
 
 def predictor_losses(pred: Prediction, batch: dict, renderer: SoftRenderer, cfg: LossConfig,
-                     feature_net: Optional[FeatureNet] = None) -> tuple[Tensor, dict]:
+                     feature_net: Optional[FeatureNet] = None, render_cams: Optional[Tensor] = None
+                     ) -> tuple[Tensor, dict]:
     """Weighted sum of every CMR term for one batch.
 
     Args:
@@ -121,17 +122,20 @@ def predictor_losses(pred: Prediction, batch: dict, renderer: SoftRenderer, cfg:
         batch: image (B, 3, S, S), mask (B, 1, S, S), kp (B, K, 3) NDC + visibility; optional cam (B, 7) (adds the
             camera term) and mask_barrier (B, 1, S, S) (else computed here).
         renderer: soft renderer whose settings give the render size and sharpness of the mask/texture terms.
-        cfg: loss weights; a zero weight skips its term (and its rendering).
+        cfg: loss weights; a zero weight skips the texture renders, the camera and the flow-barrier terms.
         feature_net: images (B, 3, H, W) -> list of feature maps for the perceptual texture term (skipped if None).
+        render_cams: (B, 7) cameras for the silhouette, keypoint and texture terms instead of pred.cams, e.g. the
+            ground truth while the camera head is still poor (CMR trained the shape with SfM cameras throughout).
     Returns:
         (loss scalar, stats: name -> detached scalar, each term unweighted).
     """
     size = renderer.height
-    verts_ndc = weak_perspective_project(pred.verts, pred.cams)
+    cams = pred.cams if render_cams is None else render_cams
+    verts_ndc = weak_perspective_project(pred.verts, cams)
     mask = _resize(batch["mask"], size)
     silhouette = render_silhouette(verts_ndc, pred.faces, size, renderer.settings.sigma)
     terms = {"mask": silhouette_loss(silhouette, mask),
-             "keypoint": keypoint_loss(weak_perspective_project(pred.kp3d, pred.cams)[..., :2], batch["kp"]),
+             "keypoint": keypoint_loss(weak_perspective_project(pred.kp3d, cams)[..., :2], batch["kp"]),
              "deform": deformation_loss(pred.delta_v), "laplacian": laplacian_loss(pred.verts, pred.faces),
              "vert2kp_entropy": vert2kp_entropy(pred.vert2kp)}
     if "cam" in batch and cfg.camera > 0:

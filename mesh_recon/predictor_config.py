@@ -56,6 +56,8 @@ class TrainConfig:
     lr: float = 2e-4  # Adam learning rate (CMR: 1e-4 with 500 epochs; more here for fewer steps)
     decay_fraction: float = 0.25  # the last fraction of steps decays lr linearly to lr * final_lr_factor
     final_lr_factor: float = 0.05
+    gt_camera_steps: int = 0  # the first steps render with the ground-truth cameras (shape learns while the
+    # camera head learns from the camera term alone; CMR did so throughout); afterwards with the predicted ones
     grad_clip: float = 10.0  # max global gradient norm (0 = off)
     checkpoint_every: int = 250
     log_every: int = 25

@@ -88,9 +88,10 @@ class TrainingStep(nn.Module):
     def features(self, images: Tensor) -> list:
         return stem_features(self.predictor.encoder, images)
 
-    def forward(self, batch: dict) -> tuple[Tensor, dict]:
+    def forward(self, batch: dict, use_gt_camera: bool = False) -> tuple[Tensor, dict]:
         pred = self.predictor(batch["image"])
-        return predictor_losses(pred, batch, self.renderer, self.loss_cfg, self.features)
+        render_cams = batch["cam"] if use_gt_camera else None
+        return predictor_losses(pred, batch, self.renderer, self.loss_cfg, self.features, render_cams)
 
 
 def learning_rate(step: int, cfg: CMRConfig) -> float:
@@ -158,7 +159,7 @@ def train(cfg: CMRConfig, max_steps: int | None = None) -> Path:
         lr = learning_rate(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss, stats = net(batch)
+        loss, stats = net(batch, step < cfg.train.gt_camera_steps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.train.grad_clip > 0:
