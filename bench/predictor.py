@@ -42,7 +42,8 @@ def images_per_second(model: MeshPredictor, batch: int, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", default=None, help=f"predictor weights (default: {DEFAULT_WEIGHTS.name} if present)")
+    parser.add_argument("--weights", default=None,
+                        help=f"predictor weights (default: {DEFAULT_WEIGHTS.name} if present)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)

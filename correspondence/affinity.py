@@ -6,7 +6,9 @@ Memory is bounded by chunking (global) or tiling (local); no full (N_tar, N_ref)
 """
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,13 +35,91 @@ def topk_global(query: torch.Tensor, key: torch.Tensor, k: int, chunk_size: int 
     return torch.cat(values), torch.cat(indices)
 
 
-def _window_offsets_mask(tile: int, reach: int, radius: float, device) -> torch.Tensor:
-    """(tile^2, (tile + 2 reach)^2) bool: key cell of the window lies within ``radius`` of the query cell."""
+@dataclass(frozen=True)
+class LocalWindows:
+    """Geometry of tiled local matching on an h x w map, shared by every frame of that size.
+
+    Fields:
+        h, w, tile, reach: map size, query tile side, window margin (floor of the radius), in cells.
+        flat_index: (n, W^2) int64 index into h * w of every window cell of every tile (W = tile + 2 reach);
+            cells outside the map point at 0 and are masked by ``bias``.
+        bias: (n, T^2, W^2) float 0 where the key cell lies within the radius of the query cell and inside the
+            map, -inf elsewhere (T^2 = tile * tile queries per tile).
+    """
+
+    h: int
+    w: int
+    tile: int
+    reach: int
+    flat_index: torch.Tensor
+    bias: torch.Tensor
+
+
+@functools.lru_cache(maxsize=8)
+def local_windows(h: int, w: int, radius: float, tile: int = 8, device: str = "cpu") -> LocalWindows:
+    """The (cached) window geometry of ``topk_local`` for an h x w map and a radius > 0."""
+    reach = int(math.floor(radius))
+    hp, wp = math.ceil(h / tile) * tile, math.ceil(w / tile) * tile
+    window = tile + 2 * reach
+    ys = torch.arange(hp + 2 * reach, device=device) - reach
+    xs = torch.arange(wp + 2 * reach, device=device) - reach
+    flat = (ys.view(-1, 1) * w + xs.view(1, -1)).double()
+    valid = ((ys >= 0) & (ys < h)).view(-1, 1) & ((xs >= 0) & (xs < w)).view(1, -1)
+    flat_tiles = F.unfold(flat[None, None], window, stride=tile)[0].T.long()  # (n, W^2)
+    valid_tiles = F.unfold(valid[None, None].float(), window, stride=tile)[0].T > 0.5
     q = torch.arange(tile, device=device)
-    kk = torch.arange(tile + 2 * reach, device=device) - reach
+    kk = torch.arange(window, device=device) - reach
     dy = q.view(-1, 1, 1, 1) - kk.view(1, 1, -1, 1)
     dx = q.view(1, -1, 1, 1) - kk.view(1, 1, 1, -1)
-    return ((dy**2 + dx**2) <= radius**2).reshape(tile * tile, -1)
+    near = ((dy**2 + dx**2) <= radius**2).reshape(tile * tile, -1)
+    allowed = near[None] & valid_tiles[:, None, :]
+    bias = torch.zeros(allowed.shape, device=device).masked_fill_(~allowed, float("-inf"))
+    return LocalWindows(h, w, tile, reach, flat_tiles.clamp_min(0), bias)
+
+
+def key_tiles(key: torch.Tensor, win: LocalWindows) -> torch.Tensor:
+    """Key features cut into the windows of ``win``: (C, h, w) -> (n, C, W^2), in key's dtype.
+
+    Computed once per context frame and reused for every target that frame serves.
+    """
+    C = key.shape[0]
+    hp, wp = math.ceil(win.h / win.tile) * win.tile, math.ceil(win.w / win.tile) * win.tile
+    window = win.tile + 2 * win.reach
+    kpad = F.pad(key[None].float(), (win.reach, win.reach + wp - win.w, win.reach, win.reach + hp - win.h))
+    tiles = F.unfold(kpad, window, stride=win.tile)[0].view(C, window * window, -1)
+    return tiles.permute(2, 0, 1).to(key.dtype).contiguous()
+
+
+def query_tiles(query: torch.Tensor, win: LocalWindows) -> torch.Tensor:
+    """Query features cut into tiles: (C, h, w) -> (n, T^2, C)."""
+    C = query.shape[0]
+    hp, wp = math.ceil(win.h / win.tile) * win.tile, math.ceil(win.w / win.tile) * win.tile
+    q = F.pad(query[None].float(), (0, wp - win.w, 0, hp - win.h))
+    tiles = F.unfold(q, win.tile, stride=win.tile)[0].view(C, win.tile * win.tile, -1)
+    return tiles.permute(2, 1, 0).to(query.dtype).contiguous()
+
+
+def topk_local_tiles(queries: torch.Tensor, keys: torch.Tensor, win: LocalWindows,
+                     k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k within the radius, from pre-cut tiles (``query_tiles``, ``key_tiles``).
+
+    Returns:
+        values (h * w, k) (masked candidates are -inf) and flat key indices (h * w, k) int64.
+    """
+    sims = torch.bmm(queries, keys).float().add_(win.bias)  # (n, T^2, W^2)
+    kk = min(k, sims.shape[2])
+    top = sims.topk(kk, dim=2)
+    tile, n = win.tile, sims.shape[0]
+    indices = torch.gather(win.flat_index[:, None, :].expand(-1, tile * tile, -1), 2, top.indices)
+    hp, wp = math.ceil(win.h / tile) * tile, math.ceil(win.w / tile) * tile
+    nty, ntx = hp // tile, wp // tile
+    assert nty * ntx == n
+
+    def untile(x: torch.Tensor) -> torch.Tensor:
+        x = x.view(nty, ntx, tile, tile, kk).permute(0, 2, 1, 3, 4).reshape(hp, wp, kk)
+        return x[:win.h, :win.w].reshape(win.h * win.w, kk)
+
+    return untile(top.values), untile(indices)
 
 
 def topk_local(query: torch.Tensor, key: torch.Tensor, k: int, radius: float, tile: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,30 +137,5 @@ def topk_local(query: torch.Tensor, key: torch.Tensor, k: int, radius: float, ti
     """
     if query.shape != key.shape:
         raise ValueError(f"query/key: expected the same (C, h, w), got {tuple(query.shape)} and {tuple(key.shape)}")
-    C, h, w = query.shape
-    reach = int(math.floor(radius))
-    hp, wp = math.ceil(h / tile) * tile, math.ceil(w / tile) * tile
-    window = tile + 2 * reach
-    q = F.pad(query, (0, wp - w, 0, hp - h))
-    q_tiles = F.unfold(q[None].float(), tile, stride=tile)[0].view(C, tile * tile, -1)  # (C, T^2, n)
-    kpad = F.pad(key[None].float(), (reach, reach + wp - w, reach, reach + hp - h))
-    k_tiles = F.unfold(kpad, window, stride=tile)[0].view(C, window * window, -1)  # (C, W^2, n)
-    sims = torch.einsum("cqn,ckn->nqk", q_tiles.to(query.dtype), k_tiles.to(query.dtype)).float()
-    # Flat index of every window cell in the unpadded key map, and its validity.
-    ys = torch.arange(hp + 2 * reach, device=key.device) - reach
-    xs = torch.arange(wp + 2 * reach, device=key.device) - reach
-    flat = (ys.view(-1, 1) * w + xs.view(1, -1)).float()
-    valid = ((ys >= 0) & (ys < h)).view(-1, 1) & ((xs >= 0) & (xs < w)).view(1, -1)
-    flat_tiles = F.unfold(flat[None, None], window, stride=tile)[0].T.long()  # (n, W^2)
-    valid_tiles = F.unfold(valid[None, None].float(), window, stride=tile)[0].T > 0.5
-    allowed = _window_offsets_mask(tile, reach, radius, key.device)[None] & valid_tiles[:, None, :]
-    sims = sims.masked_fill(~allowed, float("-inf"))
-    kk = min(k, window * window)
-    top = sims.topk(kk, dim=2)  # (n, T^2, kk)
-    indices = torch.gather(flat_tiles[:, None, :].expand(-1, tile * tile, -1), 2, top.indices)
-    # Tiles back to the padded map, then drop padding rows/cols.
-    nty, ntx = hp // tile, wp // tile
-    def untile(x: torch.Tensor) -> torch.Tensor:
-        x = x.view(nty, ntx, tile, tile, kk).permute(0, 2, 1, 3, 4).reshape(hp, wp, kk)
-        return x[:h, :w].reshape(h * w, kk)
-    return untile(top.values), untile(indices)
+    win = local_windows(query.shape[1], query.shape[2], float(radius), tile, str(query.device))
+    return topk_local_tiles(query_tiles(query, win), key_tiles(key, win), win, k)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -27,7 +28,7 @@ from birdmesh.outdir import atomic_output_dir
 from birdmesh.runtime import resolve_device
 from birdmesh.video import open_frames
 
-from .affinity import topk_global, topk_local
+from .affinity import key_tiles, local_windows, query_tiles, topk_global, topk_local_tiles
 from .checkpoint import DEFAULT_WEIGHTS, load_model
 from .config import PropagationConfig
 from .labels import PixelFeatures, index_to_soft, soft_to_index
@@ -72,28 +73,49 @@ def mix_candidate_labels(values: torch.Tensor, indices: torch.Tensor, context_la
     return (picked * weights[None]).sum(dim=2)
 
 
-def propagate_step(target_feat: torch.Tensor, context: list[tuple[torch.Tensor, torch.Tensor]],
-                   cfg: PropagationConfig) -> torch.Tensor:
+@dataclass(frozen=True)
+class ContextFrame:
+    """A frame serving as context: features (C, h, w), soft labels (L, h, w) and, for frames matched within a
+    local window, its features pre-cut into windows (``affinity.key_tiles``), computed once."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    tiles: torch.Tensor | None = None
+
+
+def make_context(features: torch.Tensor, labels: torch.Tensor, cfg: PropagationConfig,
+                 local: bool) -> ContextFrame:
+    """Wrap a frame for the context queue, cutting its windows once when it will be matched locally."""
+    if not local or cfg.radius <= 0:
+        return ContextFrame(features, labels)
+    win = local_windows(features.shape[1], features.shape[2], float(cfg.radius), 8, str(features.device))
+    return ContextFrame(features, labels, key_tiles(features, win))
+
+
+def propagate_step(target_feat: torch.Tensor, context: list[ContextFrame], cfg: PropagationConfig) -> torch.Tensor:
     """Labels of one target frame from its context.
 
     Args:
         target_feat: (C, h, w) target features.
-        context: [(features (C, h, w), labels (L, h, w))], the first frame first; it is matched globally, the
-            others within ``cfg.radius`` cells (globally too when radius <= 0).
+        context: the first frame first (matched globally), then previous frames (matched within ``cfg.radius``
+            cells when they carry tiles, globally otherwise).
     Returns:
         (L, h, w) soft labels.
     """
     C, h, w = target_feat.shape
     query = target_feat.flatten(1)
+    queries = None
     all_values, all_indices = [], []
-    for position, (feat, _) in enumerate(context):
-        if position == 0 or cfg.radius <= 0:
-            values, indices = topk_global(query, feat.flatten(1), cfg.topk, cfg.chunk_size)
+    for position, frame in enumerate(context):
+        if frame.tiles is None:
+            values, indices = topk_global(query, frame.features.flatten(1), cfg.topk, cfg.chunk_size)
         else:
-            values, indices = topk_local(target_feat, feat, cfg.topk, cfg.radius)
+            win = local_windows(h, w, float(cfg.radius), 8, str(target_feat.device))
+            queries = query_tiles(target_feat, win) if queries is None else queries
+            values, indices = topk_local_tiles(queries, frame.tiles, win, cfg.topk)
         all_values.append(values)
         all_indices.append(indices + position * h * w)
-    labels = torch.cat([lab.flatten(1) for _, lab in context], dim=1)  # (L, n_ctx * h * w)
+    labels = torch.cat([frame.labels.flatten(1) for frame in context], dim=1)  # (L, n_ctx * h * w)
     mixed = mix_candidate_labels(torch.cat(all_values, 1), torch.cat(all_indices, 1), labels, cfg.topk,
                                  cfg.temperature)
     return mixed.view(-1, h, w)
@@ -111,13 +133,15 @@ def iter_propagate(frames: Iterable[np.ndarray], labels0: torch.Tensor, model: t
     first = None
     for frame in frames:
         feat = encode_frame(model, frame, cfg.use_bf16)
+        if cfg.use_bf16 and feat.device.type == "cpu":
+            feat = feat.bfloat16()  # matching in bfloat16 is ~3x faster on CPUs with bf16 units
         if first is None:
             labels = labels_to_features(labels0.to(feat.device), tuple(feat.shape[-2:]))
-            first = (feat, labels)
+            first = ContextFrame(feat, labels)
         else:
             labels = propagate_step(feat, [first, *previous], cfg)
         if cfg.context_previous > 0:
-            previous.append((feat, labels))
+            previous.append(make_context(feat, labels, cfg, local=True))
         yield labels
 
 

@@ -30,7 +30,8 @@ def load_predictor(path: str | Path | None = None,
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise UserError(f"{path}: weights do not fit the predictor of its config ({str(err).splitlines()[0]})") from None
+        first_line = str(err).splitlines()[0]
+        raise UserError(f"{path}: weights do not fit the predictor of its config ({first_line})") from None
     return model.to(device).eval(), cfg
 
 

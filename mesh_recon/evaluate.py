@@ -27,7 +27,7 @@ from birdmesh.outdir import atomic_output_dir
 from birdmesh.runtime import resolve_data_path, resolve_device
 
 from .checkpoint import DEFAULT_WEIGHTS, load_predictor
-from .crop import crop_around_mask, crop_box_from_mask, crop_image
+from .crop import crop_around_mask, crop_image
 from .geometry import ndc_to_pixels, quaternion_to_rotation_matrix
 from .mesh import vertex_normals
 from .predictor import MeshPredictor, Prediction, project_keypoints, project_vertices, texture_from_flow
@@ -156,7 +156,7 @@ def evaluate_davis(model: MeshPredictor, root: str, list_file: str, stride: int 
             pred = model(crop.to(device))
             iou = float(mask_iou(silhouettes(pred, S).cpu(), mask_crop)[0, 0])
             rows.append({"source": "davis", "name": f"{name}/{t:05d}", "iou": iou})
-            if t % (stride * 10) == 0 and len(panels) < NUM_EXAMPLES:
+            if t % (stride * 5) == 0 and len(panels) < NUM_EXAMPLES:
                 panels.append(example_panels(crop.to(device), pred)[0])
     return rows, np.stack(panels) if panels else np.zeros((0, S, 5 * S, 3), np.uint8)
 

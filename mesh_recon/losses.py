@@ -42,9 +42,13 @@ def keypoint_loss(kp_pred: Tensor, kp_gt: Tensor) -> Tensor:
 
 
 def camera_loss(cams: Tensor, cams_gt: Tensor) -> Tensor:
-    """1 - |q . q_gt| (q and -q are one rotation) + squared errors of scale and translation; cams (B, 7)."""
+    """1 - (q . q_gt)^2 = sin^2(angle / 2) + squared errors of scale and translation; cams (B, 7).
+
+    CMR uses 1 - |q . q_gt|; the square is the same up to second order, indifferent to q -> -q as well, and has
+    no kink where the two are 180 degrees apart (it equals |R - R_gt|_F^2 / 8).
+    """
     check_shape(cams_gt, "B 7", "cams_gt", {"B": cams.shape[0]})
-    quat = 1 - (cams[:, 3:] * F.normalize(cams_gt[:, 3:], dim=1)).sum(1).abs()
+    quat = 1 - (cams[:, 3:] * F.normalize(cams_gt[:, 3:], dim=1)).sum(1).square()
     return (quat + (cams[:, :3] - cams_gt[:, :3]).square().sum(1)).mean()
 
 

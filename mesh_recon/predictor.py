@@ -1,6 +1,6 @@
 """CMR-style category mesh predictor: one image -> symmetric mesh, weak-perspective camera, texture flow.
 
-    model = MeshPredictor(cfg.model)            # or: model, cfg = load_predictor()  (the shipped weights)
+    model = MeshPredictor(cfg.model)            # or: model, cfg = mesh_recon.checkpoint.load_predictor()
     pred = model(images)                        # images (B, 3, S, S) in [0, 1], a crop around the bird
     texture = texture_from_flow(images, pred.uv_flow)
     verts_ndc = project_vertices(pred)          # render with pred.faces / pred.face_uvs (mesh_recon.render)

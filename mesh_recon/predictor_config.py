@@ -24,7 +24,7 @@ class ModelConfig:
 class LossConfig:
     mask: float = 2.0  # silhouette MSE (soft render vs mask)
     keypoint: float = 30.0  # squared NDC error of visible projected keypoints
-    camera: float = 2.0  # 1 - |q . q_gt| + squared scale/translation error, when the batch has GT cameras
+    camera: float = 2.0  # 1 - (q . q_gt)^2 + squared scale/translation error, when the batch has GT cameras
     deform: float = 10.0  # mean |delta v|
     laplacian: float = 30.0  # mean |L v| (uniform Laplacian) of the predicted vertices
     vert2kp_entropy: float = 0.16  # entropy of each keypoint's distribution over vertices

@@ -42,8 +42,9 @@ class Encoder(nn.Module):
 def stem_features(encoder: Encoder, images: Tensor) -> list[Tensor]:
     """Perceptual features for the texture loss: the encoder's stem (stride 4, 64 channels) and layer2 (stride 8).
 
-    The weights are detached and the BatchNorm statistics come from copies, so the term trains the texture
-    flow only and can neither move the encoder towards trivial features nor disturb its running statistics.
+    The weights are detached and the BatchNorm statistics come from copies: the term's gradient reaches the
+    texture flow (and through it the image feature) but cannot pull the stem towards features that make every
+    texture look alike, nor disturb the running statistics.
     Args:
         images: (B, 3, H, W) in [0, 1].
     Returns:

@@ -119,11 +119,42 @@ def _loader(cfg: CMRConfig, step: int, rank: int, world: int):
                                             persistent_workers=workers > 0, prefetch_factor=2 if workers else None))
 
 
-def _log(out: Path, step: int, loss_sum: float, stats_sum: dict, count: int, rate: float, lr: float) -> dict:
-    row = {"step": step, "loss": f"{loss_sum / count:.5f}", "images_per_s": f"{rate:.2f}", "lr": f"{lr:.3g}"}
-    row.update({k: f"{v / count:.5f}" for k, v in sorted(stats_sum.items())})
+def _log(out: Path, step: int, sums: dict, count: int, rate: float, lr: float) -> dict:
+    row = {"step": step, "loss": f"{sums.pop('loss') / count:.5f}", "images_per_s": f"{rate:.2f}", "lr": f"{lr:.3g}"}
+    row.update({k: f"{v / count:.5f}" for k, v in sorted(sums.items())})
     append_csv_row(out / "log.csv", row)
     return row
+
+
+def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> int:
+    """Load ``last.pt`` into the model and optimizer when it exists; the step to continue from."""
+    if not path.exists():
+        return 0
+    ckpt = read_checkpoint(path)
+    model.load_state_dict(ckpt["state_dict"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if rank == 0:
+        print(f"resumed from {path} at step {ckpt['step']}", flush=True)
+    return int(ckpt["step"])
+
+
+def train_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict, step: int,
+               cfg: CMRConfig) -> dict:
+    """One update; returns the step's stats (floats) including ``loss`` and ``skipped`` (1 = non-finite gradient)."""
+    lr = learning_rate(step, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss, stats = net(batch, step < cfg.train.gt_camera_steps)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or float("inf"))
+    finite = bool(torch.isfinite(norm))  # the same on every rank: DDP has averaged the gradients
+    if finite:
+        optimizer.step()
+    else:
+        print(f"step {step}: non-finite gradient, update skipped", flush=True)
+    stats = {k: float(v) for k, v in stats.items()}
+    return {**stats, "loss": float(loss) if finite else 0.0, "skipped": float(not finite)}
 
 
 def train(cfg: CMRConfig, max_steps: int | None = None) -> Path:
@@ -133,54 +164,35 @@ def train(cfg: CMRConfig, max_steps: int | None = None) -> Path:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed + rank)
     out = Path(cfg.train.out_dir)
-    ckpt_path = out / "last.pt"
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         print(format_config(cfg), flush=True)
         save_config(cfg, out)
     model = build_predictor(cfg).to(device)  # identical on every rank: the template init is deterministic
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    step = 0
-    if ckpt_path.exists():
-        ckpt = read_checkpoint(ckpt_path)
-        model.load_state_dict(ckpt["state_dict"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step = int(ckpt["step"])
-        if rank == 0:
-            print(f"resumed from {ckpt_path} at step {step}", flush=True)
+    step = _resume(out / "last.pt", model, optimizer, rank)
     net = wrap_distributed(TrainingStep(model, cfg.loss).to(device), world, device)
+    net.train()
     batches = _loader(cfg, step, rank, world)
     end = cfg.train.steps if max_steps is None else min(cfg.train.steps, step + max_steps)
     bar = tqdm(total=end, initial=step, desc="train cmr", disable=rank != 0, dynamic_ncols=True)
-    tic, loss_sum, stats_sum, count = time.time(), 0.0, {}, 0
-    net.train()
+    tic, sums, count = time.time(), {}, 0
     while step < end:
-        batch = {k: v.to(device) for k, v in next(batches).items()}
-        lr = learning_rate(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss, stats = net(batch, step < cfg.train.gt_camera_steps)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        optimizer.step()
-        step += 1
+        stats = train_step(net, model, optimizer, {k: v.to(device) for k, v in next(batches).items()}, step, cfg)
+        step, count = step + 1, count + 1
         bar.update(1)
-        loss_sum, count = loss_sum + loss.item(), count + 1
-        for k, v in stats.items():
-            stats_sum[k] = stats_sum.get(k, 0.0) + v.item()
+        sums = {k: sums.get(k, 0.0) + v for k, v in stats.items()}
         if rank == 0 and (step % cfg.train.log_every == 0 or step == end):
             rate = count * cfg.train.batch_size * world / max(time.time() - tic, 1e-9)
-            row = _log(out, step, loss_sum, stats_sum, count, rate, lr)
+            row = _log(out, step, sums, count, rate, learning_rate(step - 1, cfg))
             bar.set_postfix(loss=row["loss"], iou=row.get("iou"))
-            tic, loss_sum, stats_sum, count = time.time(), 0.0, {}, 0
+            tic, sums, count = time.time(), {}, 0
         if rank == 0 and (step % cfg.train.checkpoint_every == 0 or step == end):
-            save_checkpoint(ckpt_path, config_to_dict(cfg), model.state_dict(), step, VERSION,
+            save_checkpoint(out / "last.pt", config_to_dict(cfg), model.state_dict(), step, VERSION,
                             optimizer=optimizer.state_dict())
     bar.close()
     cleanup_distributed(world)
-    return ckpt_path
+    return out / "last.pt"
 
 
 @cli_entry

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from scipy.ndimage import distance_transform_edt
 
+from mesh_recon.geometry import quaternion_to_rotation_matrix, random_quaternions
 from mesh_recon.losses import (camera_loss, deformation_loss, keypoint_loss, laplacian_loss, mask_barrier,
                                masked_l1, predictor_losses, silhouette_loss, texture_flow_barrier_loss,
                                vert2kp_entropy)
@@ -27,13 +28,23 @@ def test_keypoint_loss_ignores_invisible_keypoints():
 
 
 def test_camera_loss_is_zero_for_the_same_rotation_either_sign():
+    # reference: |R - R_gt|_F^2 / 8 = sin^2(angle / 2)
     cams = torch.tensor([[0.7, 0.1, -0.2, 0.5, 0.5, 0.5, 0.5]])
     flipped = torch.cat([cams[:, :3], -cams[:, 3:]], 1)
     torch.testing.assert_close(camera_loss(cams, flipped), torch.tensor(0.0))
     quarter = torch.tensor([[0.7, 0.1, -0.2, math.cos(math.pi / 8), 0.0, 0.0, math.sin(math.pi / 8)]])
     other = torch.tensor([[0.5, 0.1, 0.0, 1.0, 0.0, 0.0, 0.0]])
-    expected = 1 - math.cos(math.pi / 8) + 0.2 ** 2 + 0.2 ** 2
+    expected = math.sin(math.pi / 8) ** 2 + 0.2 ** 2 + 0.2 ** 2  # 45 degrees apart
     torch.testing.assert_close(camera_loss(quarter, other), torch.tensor(expected, dtype=torch.float32))
+
+
+def test_camera_rotation_term_against_matrices():
+    gen = torch.Generator().manual_seed(3)
+    q1, q2 = random_quaternions(5, gen, torch.float64), random_quaternions(5, gen, torch.float64)
+    cams1 = torch.cat([torch.ones(5, 3, dtype=torch.float64), q1], 1)
+    cams2 = torch.cat([torch.ones(5, 3, dtype=torch.float64), q2], 1)
+    frobenius = (quaternion_to_rotation_matrix(q1) - quaternion_to_rotation_matrix(q2)).square().sum((1, 2))
+    torch.testing.assert_close(camera_loss(cams1, cams2), frobenius.mean() / 8)
 
 
 def test_silhouette_deformation_and_texture_values():

@@ -126,7 +126,8 @@ def test_tiny_batch_overfits():
         history.append(stats)
     first, last = history[0], history[-1]
     assert last["mask"] < 0.5 * first["mask"], f"silhouette loss {first['mask']:.4f} -> {last['mask']:.4f}"
-    assert last["keypoint"] < 0.1 * first["keypoint"], f"keypoint loss {first['keypoint']:.4f} -> {last['keypoint']:.4f}"
+    assert last["keypoint"] < 0.1 * first["keypoint"], \
+        f"keypoint loss {first['keypoint']:.4f} -> {last['keypoint']:.4f}"
     assert last["iou"] > 0.6
 
 
@@ -144,3 +145,30 @@ def test_checkpoint_round_trip(tmp_path):
     assert raw["step"] == 7 and "optimizer" not in raw and raw["state_dict"]["mean_free"].dtype == torch.float16
     half, _ = load_predictor(exported)
     torch.testing.assert_close(half(images).verts, expected.verts, atol=2e-2, rtol=0)
+
+
+def test_evaluation_metrics():
+    from mesh_recon.evaluate import aligned_chamfer, rotation_error_deg, sample_surface
+
+    quarter = torch.tensor([[math.cos(math.pi / 8), 0.0, 0.0, math.sin(math.pi / 8)]])
+    torch.testing.assert_close(rotation_error_deg(quarter, -torch.tensor([[1.0, 0.0, 0.0, 0.0]])), torch.tensor([45.0]))
+    sym = sphere_template(2).sym
+    points = sample_surface(sym.verts.double(), sym.faces, 2000, torch.Generator().manual_seed(0))
+    radius = points.norm(dim=1)  # on the flat faces inscribed in the unit sphere
+    assert radius.max() <= 1 + 1e-9 and radius.min() > 0.9
+    assert aligned_chamfer(points * 3 + 1, points) < 1e-6, "Chamfer must ignore scale and position"
+    assert aligned_chamfer(points * torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64), points) > 0.05
+
+
+def test_evaluate_cli_writes_metrics_and_examples(tmp_path, capsys):
+    from mesh_recon.evaluate import main
+
+    cfg = CMRConfig(model=ModelConfig(image_size=64))
+    save_checkpoint(tmp_path / "model.pt", config_to_dict(cfg), small_predictor().state_dict(), 0)
+    main(["--checkpoint", str(tmp_path / "model.pt"), "--out", str(tmp_path / "eval"), "--synthetic-n", "3",
+          "--davis", "$DATA/davis2016", "--davis-stride", "40"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("synthetic IoU=") and "davis IoU=" in line
+    rows = (tmp_path / "eval" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3 + 4  # header, 3 synthetic images, 2 sequences x 2 frames
+    assert (tmp_path / "eval" / "examples_synthetic.png").is_file() and (tmp_path / "eval" / "summary.json").is_file()

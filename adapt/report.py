@@ -1,0 +1,263 @@
+"""Readable outputs of ``adapt.evaluate``: results.csv, summary.md, scores.json and PNG plots (matplotlib, Agg)."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+METHOD_COLOURS = {"adapted": (220, 40, 40), "framewise": (40, 90, 230)}  # RGB; ground truth is green
+GT_COLOUR = (40, 200, 60)
+CELL_WIDTH = 320
+
+# Metric key -> (label in summary.md, higher is better).
+METRICS = {
+    "iou": ("silhouette IoU", True),
+    "part_accuracy": ("part consistency, accuracy", True),
+    "part_miou": ("part consistency, mean IoU", True),
+    "chamfer_l2": ("Chamfer-L2 / size^2", False),
+    "fscore_5pct": ("F-score @ 5% size", True),
+    "pck_0.1": ("keypoint PCK@0.1", True),
+    "time_per_frame_s": ("runtime per frame (s)", False),
+}
+
+
+def metric_keys(rows: list[dict], distances) -> list[str]:
+    """Summary metrics present in ``rows``, in reading order (IoU, consistency per d, parts, 3-D, time)."""
+    keys = ["iou"] + [f"cons_d{d}" for d in distances] + [k for k in METRICS if k != "iou"]
+    return [k for k in keys if any(k in r for r in rows)]
+
+
+def label(key: str) -> str:
+    return f"reprojection consistency, d={key[6:]}" if key.startswith("cons_d") else METRICS[key][0]
+
+
+def higher_is_better(key: str) -> bool:
+    return True if key.startswith("cons_d") else METRICS[key][1]
+
+
+def write_results_csv(path: Path, rows: list[dict]) -> None:
+    """One line per (sequence, method); columns in order of first appearance; floats to 6 significant digits,
+    NaN and missing left empty."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_value(v) for k, v in row.items()})
+
+
+def _csv_value(value):
+    if isinstance(value, (float, np.floating)):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return value
+
+
+def mean_by_method(rows: list[dict], key: str) -> dict[str, float]:
+    """Mean over sequences (each sequence counts once) per method; NaN-skipping."""
+    out = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        values = [r.get(key, math.nan) for r in rows if r["method"] == method]
+        finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+        out[method] = float(np.mean(finite)) if finite else math.nan
+    return out
+
+
+def _fmt(value: float) -> str:
+    return "–" if not isinstance(value, (int, float)) or not math.isfinite(value) else f"{value:.4f}"
+
+
+def mean_table(rows: list[dict], distances) -> list[str]:
+    """Markdown table: metric | adapted | frame-wise | change (relative for Chamfer and time) | better?"""
+    lines = ["| metric | adapted | frame-wise | adapted − frame-wise | adapted better |", "|---|---|---|---|---|"]
+    for key in metric_keys(rows, distances):
+        means = mean_by_method(rows, key)
+        a, f = means.get("adapted", math.nan), means.get("framewise", math.nan)
+        diff, better = a - f, "–"
+        if math.isfinite(diff):
+            better = "yes" if (diff > 0) == higher_is_better(key) and diff != 0 else "no"
+        lines.append(f"| {label(key)} | {_fmt(a)} | {_fmt(f)} | {_fmt(diff)} | {better} |")
+    return lines
+
+
+def per_sequence_table(rows: list[dict], distances) -> list[str]:
+    keys = [k for k in metric_keys(rows, distances) if not k.startswith("time")] + ["time_per_frame_s"]
+    short = {"iou": "IoU", "part_accuracy": "part acc", "part_miou": "part mIoU", "chamfer_l2": "Chamfer",
+             "fscore_5pct": "F@5%", "pck_0.1": "PCK", "time_per_frame_s": "s/frame"}
+    head = [short.get(k, f"cons@{k[6:]}" if k.startswith("cons_d") else k) for k in keys]
+    lines = ["| sequence | method | frames | " + " | ".join(head) + " |", "|---|---|---|" + "---|" * len(keys)]
+    for r in rows:
+        lines.append(f"| {r['dataset']}/{r['sequence']} | {r['method']} | {r.get('frames', '')} | "
+                     + " | ".join(_fmt(r.get(k, math.nan)) for k in keys) + " |")
+    return lines
+
+
+def target_lines(rows: list[dict], distances) -> list[str]:
+    """The project's targets, checked: on DAVIS, adapted beats frame-wise on IoU and every consistency distance;
+    on synthetic ground truth, Chamfer improves by >= 30%."""
+    lines = []
+    davis = [r for r in rows if r["dataset"] == "davis"]
+    if davis:
+        for key in ["iou"] + [f"cons_d{d}" for d in distances]:
+            m = mean_by_method(davis, key)
+            a, f = m.get("adapted", math.nan), m.get("framewise", math.nan)
+            verdict = "n/a (too few frames)" if not (math.isfinite(a) and math.isfinite(f)) else (
+                "met" if a > f else "NOT met")
+            lines.append(f"- DAVIS {label(key)}: adapted {_fmt(a)} vs frame-wise {_fmt(f)}: {verdict}")
+    synth = [r for r in rows if r["dataset"] == "synthetic"]
+    if synth:
+        m = mean_by_method(synth, "chamfer_l2")
+        a, f = m.get("adapted", math.nan), m.get("framewise", math.nan)
+        gain = 1 - a / f if math.isfinite(a) and math.isfinite(f) and f > 0 else math.nan
+        verdict = "n/a" if not math.isfinite(gain) else ("met" if gain >= 0.3 else "NOT met")
+        lines.append(f"- synthetic Chamfer-L2: adapted {_fmt(a)} vs frame-wise {_fmt(f)}, improvement "
+                     f"{_fmt(100 * gain)}% (target >= 30%): {verdict}")
+    return lines
+
+
+DEFINITIONS = """## How each number is made
+- **silhouette IoU**: exported masks/%05d.png vs the ground-truth masks, mean over frames, then over sequences.
+- **reprojection consistency, d**: the mesh of frame t rendered with the camera of frame t+d, IoU with the GT mask
+  of t+d, mean over t (DOVE's mask reprojection); independent of per-frame camera fitting. – when T <= d.
+- **part consistency**: each vertex takes its majority propagated part over all frames (votes of the pixels
+  where it is the visible vertex nearest the pixel); that one labelling is rendered on every frame's mesh and
+  compared with parts/%05d.png where both the render and the propagated object cover the pixel. Accuracy is the
+  mean per-frame share of agreeing pixels; mean IoU averages per-part IoU over parts.
+- **Chamfer-L2, F-score** (synthetic): 2000 area-weighted surface samples per mesh in the camera frame (pixels);
+  the predicted points get the GT's mean depth (weak perspective leaves it free), then a similarity ICP (Umeyama
+  on nearest neighbours both ways, 30 steps). Chamfer = sum of both mean squared nearest distances, in units of
+  the GT bounding-box diagonal squared; F-score threshold 5% of that diagonal.
+- **PCK@0.1** (synthetic): the predictor checkpoint's softmax(vert2kp) @ verts projected with the exported
+  camera vs the visible GT keypoints, threshold 0.1 x the GT mask's bounding-box longer side.
+- **runtime**: report.json timings_s summed (and per stage in results.csv), divided by frames.
+"""
+
+
+def summary_markdown(rows: list[dict], distances, meta: dict) -> str:
+    """summary.md: targets, mean tables per dataset, per-sequence table, definitions, plots."""
+    parts = ["# adapt.evaluate: adapted vs frame-wise", "", f"Command: `{meta.get('command', '')}`", ""]
+    if meta.get("max_frames"):
+        parts += [f"Only the first {meta['max_frames']} frames of each sequence were scored.", ""]
+    parts += ["## Targets", *target_lines(rows, distances), ""]
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        subset = [r for r in rows if r["dataset"] == dataset]
+        count = len({r["sequence"] for r in subset})
+        parts += [f"## {dataset}: mean over {count} sequence{'s' * (count != 1)}", "", *mean_table(subset, distances), ""]
+    parts += ["## Per sequence", "", *per_sequence_table(rows, distances), "", DEFINITIONS,
+              "## Plots", "![IoU per frame](iou_per_frame.png)", "", "![consistency vs d](consistency.png)", "",
+              "![contact sheet: green GT, red adapted, blue frame-wise](contact_sheet.png)", ""]
+    return "\n".join(parts)
+
+
+def overlay_masks(frame: np.ndarray, gt_mask: np.ndarray, masks: dict[str, np.ndarray],
+                  width: int = CELL_WIDTH) -> np.ndarray:
+    """A frame (H, W, 3) uint8 with the GT (green) and each method's silhouette outlined, scaled to ``width``."""
+    H, W = frame.shape[:2]
+    size = (width, max(1, round(H * width / W)))
+    cell = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+    # Thinner lines on top: where outlines coincide, each stays visible as a band.
+    outlines = [(gt_mask, GT_COLOUR)] + [(m, METHOD_COLOURS.get(k, (255, 255, 0))) for k, m in masks.items()]
+    for i, (mask, colour) in enumerate(outlines):
+        small = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+        contours, _ = cv2.findContours(small, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(cell, contours, -1, colour, max(1, 3 - i))
+    return cell
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a server
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_iou_per_frame(path: Path, results: list[dict]) -> None:
+    """One panel per sequence: IoU over frames for each method."""
+    plt = _pyplot()
+    n = len(results)
+    fig, axes = plt.subplots(n, 1, figsize=(8, 2.4 * n), squeeze=False)
+    for ax, res in zip(axes[:, 0], results):
+        for method, frames in res["per_frame"].items():
+            ax.plot(frames["iou"], label=method, color=np.array(METHOD_COLOURS.get(method, (0, 0, 0))) / 255)
+        first = res["rows"][0]
+        ax.set_title(f"{first['dataset']}/{first['sequence']}", fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("IoU")
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("frame")
+    axes[0, 0].legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_consistency(path: Path, rows: list[dict], distances) -> None:
+    """Reprojection consistency vs d: mean over sequences per method (thick) and per sequence (thin)."""
+    plt = _pyplot()
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.5), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        subset = [r for r in rows if r["dataset"] == dataset]
+        for method in dict.fromkeys(r["method"] for r in subset):
+            colour = np.array(METHOD_COLOURS.get(method, (0, 0, 0))) / 255
+            for r in (r for r in subset if r["method"] == method):
+                ax.plot(distances, [r.get(f"cons_d{d}", math.nan) for d in distances], color=colour, alpha=0.3, lw=1)
+            means = [mean_by_method(subset, f"cons_d{d}")[method] for d in distances]
+            ax.plot(distances, means, "o-", color=colour, lw=2.5, label=method)
+        ax.set_title(f"{dataset}: mask reprojection", fontsize=10)
+        ax.set_xlabel("frame distance d")
+        ax.set_ylabel("IoU")
+        ax.set_xticks(list(distances))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_contact_sheet(path: Path, rows_of_cells: list[list]) -> None:
+    """A grid of titled (h, w, 3) uint8 cells, one row per sequence."""
+    plt = _pyplot()
+    n_rows, n_cols = len(rows_of_cells), max(len(r) for r in rows_of_cells)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols, 2.2 * n_rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, cells in enumerate(rows_of_cells):
+        for j, (title, image) in enumerate(cells):
+            axes[i, j].imshow(image)
+            axes[i, j].set_title(title, fontsize=8)
+    fig.suptitle("green: ground truth   red: adapted   blue: frame-wise", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _json_safe(x):
+    """Plain JSON: NaN and infinity become null (strict parsers refuse them), numpy scalars plain numbers."""
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def write_all(folder: Path, results: list[dict], distances, meta: dict) -> None:
+    """results.csv, summary.md, scores.json and the three plots of ``adapt.evaluate`` into ``folder``."""
+    folder = Path(folder)
+    rows = [row for res in results for row in res["rows"]]
+    write_results_csv(folder / "results.csv", rows)
+    (folder / "summary.md").write_text(summary_markdown(rows, distances, meta))
+    per_frame = {f"{res['rows'][0]['dataset']}/{res['rows'][0]['sequence']}": res["per_frame"] for res in results}
+    (folder / "scores.json").write_text(json.dumps(_json_safe({"rows": rows, "per_frame": per_frame})))
+    plot_iou_per_frame(folder / "iou_per_frame.png", results)
+    plot_consistency(folder / "consistency.png", rows, distances)
+    save_contact_sheet(folder / "contact_sheet.png", [res["sheet"] for res in results])
