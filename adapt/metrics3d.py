@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
+from .export import project_to_pixels
+
 
 @dataclass(frozen=True)
 class Similarity:
@@ -147,11 +149,9 @@ def camera_frame_points(points, camera: dict) -> np.ndarray:
     Returns:
         (N, 3) float64 pixel u (right), v (down), depth in pixels (away from the viewer).
     """
-    points = _points(points, "points")
-    rotated = points @ np.asarray(camera["rotation"], dtype=np.float64).T
-    scaled = float(camera["scale"]) * rotated
-    scaled[:, :2] += np.asarray(camera["translation"], dtype=np.float64)
-    return scaled
+    pixels = project_to_pixels(_points(points, "points"), camera)  # (u, v, (R X)[2])
+    pixels[:, 2] *= float(camera["scale"])  # depth in pixels too: the frame is a similarity of the canonical one
+    return pixels
 
 
 def align_camera_frame(pred_cam_points, gt_cam_points, iterations: int = 30) -> np.ndarray:

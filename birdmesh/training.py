@@ -1,6 +1,7 @@
 """Pieces every training script shares: torchrun/DDP setup, wrapping, CSV logging."""
 from __future__ import annotations
 
+import argparse
 import csv
 import os
 from pathlib import Path
@@ -9,7 +10,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .runtime import resolve_device
+from .config import add_config_arguments, format_config, load_config, save_config
+from .runtime import resolve_device, seed_everything
 
 
 def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
@@ -32,7 +34,8 @@ def wrap_distributed(module: torch.nn.Module, world: int, device: torch.device) 
     """DistributedDataParallel around ``module`` when world > 1, else the module itself."""
     if world == 1:
         return module
-    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                   gradient_as_bucket_view=True)
 
 
 def cleanup_distributed(world: int) -> None:
@@ -64,3 +67,40 @@ def replicas_identical(module: torch.nn.Module, world: int) -> bool:
         dist.all_reduce(low, op=dist.ReduceOp.MIN)
         dist.all_reduce(high, op=dist.ReduceOp.MAX)
     return bool(low.item() == high.item())
+
+
+def training_main(argv: list[str] | None, description: str, default_config: str, config_cls, train_fn,
+                  export_fn) -> None:
+    """The command line every training script shares: --config/--set, --max-steps, --export.
+
+    ``train_fn(cfg, max_steps) -> checkpoint path``; ``export_fn(checkpoint, out)`` writes shipped weights
+    (rank 0 only under torchrun).
+    """
+    parser = argparse.ArgumentParser(description=description)
+    add_config_arguments(parser, default_config)
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (resumable)")
+    parser.add_argument("--export", default=None, help="after training, write fp16 weights to this path")
+    args = parser.parse_args(argv)
+    cfg = load_config(config_cls, args.config, args.overrides)
+    checkpoint = train_fn(cfg, args.max_steps)
+    if args.export and int(os.environ.get("RANK", "0")) == 0:
+        print(f"exported {export_fn(checkpoint, args.export)}")
+
+
+def start_training(cfg, train_cfg) -> tuple[int, int, torch.device, Path]:
+    """Common start of a training run: process group, threads, seed (+ rank), output folder with the config
+    printed and saved by rank 0. ``train_cfg`` needs ``device``, ``threads``, ``seed`` and ``out_dir``.
+
+    Returns:
+        (rank, world size, device, output folder).
+    """
+    rank, world, device = setup_distributed(train_cfg.device)
+    if train_cfg.threads > 0:
+        torch.set_num_threads(train_cfg.threads)
+    seed_everything(train_cfg.seed + rank)
+    out = Path(train_cfg.out_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        print(format_config(cfg), flush=True)
+        save_config(cfg, out)
+    return rank, world, device, out

@@ -6,8 +6,6 @@ Three stages in one resumable run: (0) the colour autoencoder, then frozen; (1) 
 """
 from __future__ import annotations
 
-import argparse
-import os
 import time
 from pathlib import Path
 
@@ -18,11 +16,10 @@ from tqdm import tqdm
 
 from birdmesh.color import rgb_to_lab
 from birdmesh.checkpoint import read_checkpoint, save_checkpoint
-from birdmesh.config import add_config_arguments, config_to_dict, format_config, load_config, save_config
+from birdmesh.config import config_to_dict
 from birdmesh.errors import cli_entry
-from birdmesh.runtime import seed_everything
-from birdmesh.training import (append_csv_row, cleanup_distributed, replicas_identical, setup_distributed,
-                               wrap_distributed)
+from birdmesh.training import (append_csv_row, cleanup_distributed, replicas_identical,
+                               start_training, training_main, wrap_distributed)
 
 from .checkpoint import export_weights
 from .config import UVCConfig
@@ -51,16 +48,9 @@ def _optimizers(model: UVC, cfg: UVCConfig):
 
 def train(cfg: UVCConfig, max_steps: int | None = None) -> Path:
     """Run (or resume) training; return the checkpoint path. ``max_steps`` stops early (tests, time budgets)."""
-    rank, world, device = setup_distributed(cfg.train.device)
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
-    seed_everything(cfg.train.seed + rank)
-    out = Path(cfg.train.out_dir)
+    rank, world, device, out = start_training(cfg, cfg.train)
     ckpt_path = out / "last.pt"
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        print(format_config(cfg), flush=True)
-        save_config(cfg, out)
         cache_files = build_frame_cache(cfg.data)
     if world > 1:
         dist.barrier()
@@ -126,15 +116,7 @@ def train(cfg: UVCConfig, max_steps: int | None = None) -> Path:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_config_arguments(parser, "configs/uvc_cpu.yaml")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (resumable)")
-    parser.add_argument("--export", default=None, help="after training, write fp16 weights to this path")
-    args = parser.parse_args(argv)
-    cfg = load_config(UVCConfig, args.config, args.overrides)
-    ckpt = train(cfg, args.max_steps)
-    if args.export and int(os.environ.get("RANK", "0")) == 0:
-        print(f"exported {export_weights(ckpt, args.export)}")
+    training_main(argv, __doc__.splitlines()[0], "configs/uvc_cpu.yaml", UVCConfig, train, export_weights)
 
 
 if __name__ == "__main__":

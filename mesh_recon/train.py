@@ -7,8 +7,6 @@ under ``torchrun --nproc_per_node=N`` (DistributedDataParallel: gloo on CPU, ncc
 """
 from __future__ import annotations
 
-import argparse
-import os
 import time
 from pathlib import Path
 
@@ -18,10 +16,9 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from birdmesh.checkpoint import read_checkpoint, save_checkpoint
-from birdmesh.config import add_config_arguments, config_to_dict, format_config, load_config, save_config
+from birdmesh.config import config_to_dict
 from birdmesh.errors import cli_entry
-from birdmesh.runtime import seed_everything
-from birdmesh.training import append_csv_row, cleanup_distributed, setup_distributed, wrap_distributed
+from birdmesh.training import append_csv_row, cleanup_distributed, start_training, training_main, wrap_distributed
 
 from .checkpoint import VERSION, export_weights
 from .losses import mask_barrier, predictor_losses
@@ -159,15 +156,7 @@ def train_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimize
 
 def train(cfg: CMRConfig, max_steps: int | None = None) -> Path:
     """Run (or resume) training; return the checkpoint path. ``max_steps`` stops early (tests, time budgets)."""
-    rank, world, device = setup_distributed(cfg.train.device)
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
-    seed_everything(cfg.train.seed + rank)
-    out = Path(cfg.train.out_dir)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        print(format_config(cfg), flush=True)
-        save_config(cfg, out)
+    rank, world, device, out = start_training(cfg, cfg.train)
     model = build_predictor(cfg).to(device)  # identical on every rank: the template init is deterministic
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     step = _resume(out / "last.pt", model, optimizer, rank)
@@ -197,15 +186,7 @@ def train(cfg: CMRConfig, max_steps: int | None = None) -> Path:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_config_arguments(parser, "configs/cmr_cpu.yaml")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (resumable)")
-    parser.add_argument("--export", default=None, help="after training, write fp16 weights to this path")
-    args = parser.parse_args(argv)
-    cfg = load_config(CMRConfig, args.config, args.overrides)
-    ckpt = train(cfg, args.max_steps)
-    if args.export and int(os.environ.get("RANK", "0")) == 0:
-        print(f"exported {export_weights(ckpt, args.export)}")
+    training_main(argv, __doc__.splitlines()[0], "configs/cmr_cpu.yaml", CMRConfig, train, export_weights)
 
 
 if __name__ == "__main__":
