@@ -41,8 +41,9 @@ def label(key: str) -> str:
     return f"runtime, {key[5:-2]} stage (s per sequence)"  # time_<stage>_s from report.json
 
 
-def higher_is_better(key: str) -> bool:
-    return True if key.startswith("cons_d") else METRICS[key][1] if key in METRICS else False
+def higher_is_better(key: str) -> bool | None:
+    """None for per-stage runtimes: informative, not a score."""
+    return True if key.startswith("cons_d") else METRICS[key][1] if key in METRICS else None
 
 
 def write_results_csv(path: Path, rows: list[dict]) -> None:
@@ -83,7 +84,7 @@ def mean_table(rows: list[dict], distances) -> list[str]:
         means = mean_by_method(rows, key)
         a, f = means.get("adapted", math.nan), means.get("framewise", math.nan)
         diff, better = a - f, "–"
-        if math.isfinite(diff):
+        if math.isfinite(diff) and higher_is_better(key) is not None:
             better = "yes" if (diff > 0) == higher_is_better(key) and diff != 0 else "no"
         lines.append(f"| {label(key)} | {_fmt(a)} | {_fmt(f)} | {_fmt(diff)} | {better} |")
     return lines

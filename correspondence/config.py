@@ -34,6 +34,7 @@ class DataConfig:
     frame_size: int = 192  # phase 2: target frame size (square)
     ref_patch_size: int = 96  # phase 2: reference patch cropped from the reference frame
     rotation_deg: float = 10.0  # random rotation of the reference frame
+    target_shift: float = 0.1  # the target's region moves by up to this fraction of its side
     scale_range: tuple[float, float] = (0.8, 1.2)  # random scale of the crops
     workers: int = 1  # DataLoader worker processes
 

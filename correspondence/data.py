@@ -98,9 +98,14 @@ class FramePairs(Dataset):
         side = int(min(h, w, round(min(h, w) * rng.uniform(*cfg.scale_range))))
         y0, x0 = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
         region = (slice(y0, y0 + side), slice(x0, x0 + side))
+        # The target's region moves a little: copying from the same position must not be a shortcut.
+        reach = int(cfg.target_shift * side)
+        ty = int(np.clip(y0 + rng.integers(-reach, reach + 1), 0, h - side))
+        tx = int(np.clip(x0 + rng.integers(-reach, reach + 1), 0, w - side))
+        target_region = (slice(ty, ty + side), slice(tx, tx + side))
         size = (cfg.frame_size, cfg.frame_size)
         reference = cv2.resize(np.ascontiguousarray(frames[first][region]), size, interpolation=cv2.INTER_AREA)
-        target = cv2.resize(np.ascontiguousarray(frames[second][region]), size, interpolation=cv2.INTER_AREA)
+        target = cv2.resize(np.ascontiguousarray(frames[second][target_region]), size, interpolation=cv2.INTER_AREA)
         reference = _rotate(reference, rng.uniform(-cfg.rotation_deg, cfg.rotation_deg))
         if rng.random() < 0.5:
             reference, target = reference[:, ::-1], target[:, ::-1]
