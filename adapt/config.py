@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from correspondence.config import PropagationConfig
+
 
 @dataclass(frozen=True)
 class InputConfig:
@@ -13,14 +15,9 @@ class InputConfig:
 
 
 @dataclass(frozen=True)
-class PropagationSettings:
+class CorrespondenceSettings:
     checkpoint: str = ""  # correspondence weights ("" = the shipped correspondence/weights/uvc_cpu.pt)
     method: str = "learned"  # learned | pixels (raw Lab colours, no learned model)
-    context_previous: int = 7  # first frame + this many previous frames as context
-    topk: int = 10
-    radius: float = 12.0  # local window for previous frames, feature cells (<= 0: global)
-    temperature: float = 0.05
-    use_bf16: bool = True
 
 
 @dataclass(frozen=True)
@@ -63,7 +60,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class ExportConfig:
     overlay: bool = True  # write overlay.mp4
-    overlay_max_side: int = 640  # overlay video frame size cap
+    overlay_max_side: int = 640  # longer side of each half of overlay.mp4 (frames are shrunk to fit)
 
 
 @dataclass(frozen=True)
@@ -71,7 +68,8 @@ class AdaptConfig:
     seed: int = 0
     device: str = "auto"
     input: InputConfig = field(default_factory=InputConfig)
-    propagation: PropagationSettings = field(default_factory=PropagationSettings)
+    correspondence: CorrespondenceSettings = field(default_factory=CorrespondenceSettings)
+    propagation: PropagationConfig = field(default_factory=PropagationConfig)  # see correspondence/config.py
     parts: PartsConfig = field(default_factory=PartsConfig)
     predictor: PredictorSettings = field(default_factory=PredictorSettings)
     loss: LossWeights = field(default_factory=LossWeights)

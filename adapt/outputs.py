@@ -44,8 +44,9 @@ def write_parts(folder: Path, part_indices: np.ndarray, wh: tuple[int, int]) -> 
 
 def write_overlay(path: Path, frames: np.ndarray, verts: Tensor, rotation: Tensor, scale: Tensor,
                   translation: Tensor, faces: Tensor, face_uvs: Tensor, texture: Tensor, part_indices: np.ndarray,
-                  original_wh: tuple[int, int], fps: float) -> None:
-    """Side by side per frame: the textured mesh over the video | the propagated parts over the video."""
+                  original_wh: tuple[int, int], fps: float, max_side: int = 640) -> None:
+    """Side by side per frame: the textured mesh over the video | the propagated parts over the video, each half
+    at most ``max_side`` pixels on its longer side."""
     H, W = frames.shape[1:3]
     ratio = W / original_wh[0]
     # Cameras are in original pixels; the overlay is drawn on the processed frames.
@@ -61,7 +62,12 @@ def write_overlay(path: Path, frames: np.ndarray, verts: Tensor, rotation: Tenso
             parts = part_indices[t]
             tint = colours[parts]
             right = np.where(parts[..., None] > 0, 0.5 * frame + 0.5 * tint, frame).astype(np.uint8)
-            yield np.concatenate([left, right], axis=1)
+            pair = np.concatenate([left, right], axis=1)
+            shrink = max_side / max(H, W)
+            if shrink < 1:
+                pair = cv2.resize(pair, (round(pair.shape[1] * shrink), round(pair.shape[0] * shrink)),
+                                  interpolation=cv2.INTER_AREA)
+            yield pair
 
     write_video(path, sides(), fps)
 

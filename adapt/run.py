@@ -98,7 +98,8 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     write_parts(out / "parts", part_indices, video.original_size)
     if cfg.export.overlay:
         write_overlay(out / "overlay.mp4", video.frames, pred.verts, rotation, scale, translation, pred.faces,
-                      pred.face_uvs, final.texture.clamp(0, 1), part_indices, video.original_size, video.fps)
+                      pred.face_uvs, final.texture.clamp(0, 1), part_indices, video.original_size, video.fps,
+                      cfg.export.overlay_max_side)
     lap("export")
     report = {"input": str(args.input), "frames": len(video.frames), "fps": video.fps,
               "adapted": not args.no_adapt, "settings": config_to_dict(cfg), "timings_s": timings,

@@ -8,7 +8,6 @@ from tqdm import tqdm
 
 from birdmesh.errors import UserError
 from correspondence.checkpoint import load_model
-from correspondence.config import PropagationConfig
 from correspondence.labels import PixelFeatures, index_to_soft
 from correspondence.propagate import iter_propagate, upsample_labels
 from mesh_recon.crop import crop_box_from_mask, crop_image
@@ -57,9 +56,9 @@ def first_frame_labels(frame: np.ndarray, mask: np.ndarray, cfg: AdaptConfig) ->
 
 def propagation_model(cfg: AdaptConfig, device) -> torch.nn.Module:
     """The correspondence model named by the config (``pixels`` = no learned model)."""
-    if cfg.propagation.method == "pixels":
+    if cfg.correspondence.method == "pixels":
         return PixelFeatures().to(device)
-    return load_model(cfg.propagation.checkpoint or None, device)[0]
+    return load_model(cfg.correspondence.checkpoint or None, device)[0]
 
 
 def propagate_and_crop(video: VideoInput, labels0: Tensor, model: torch.nn.Module, cfg: AdaptConfig,
@@ -69,20 +68,17 @@ def propagate_and_crop(video: VideoInput, labels0: Tensor, model: torch.nn.Modul
     Returns:
         VideoCrops and the propagated part indices (T, H, W) uint8 (0 background) for export.
     """
-    p = cfg.propagation
-    prop_cfg = PropagationConfig(context_previous=p.context_previous, topk=p.topk, radius=p.radius,
-                                 temperature=p.temperature, use_bf16=p.use_bf16)
     T, H, W = video.frames.shape[:3]
     images, masks, parts, boxes, valid, indices = [], [], [], [], [], []
-    stream = iter_propagate(iter(video.frames), labels0.to(device), model, prop_cfg)
+    stream = iter_propagate(iter(video.frames), labels0.to(device), model, cfg.propagation)
     for t, labels in enumerate(tqdm(stream, total=T, desc="propagate", unit="frame")):
         soft = labels0.to(device) if t == 0 else upsample_labels(labels, (H, W))  # (K + 1, H, W)
         mask = (1 - soft[:1])[None]  # (1, 1, H, W)
         area = float((mask > 0.5).float().mean())
         valid.append(area >= cfg.parts.min_area)
         frame = frame_tensor(video.frames[t], device)
-        box = crop_box_from_mask(mask, cfg.predictor.crop_padding) if valid[-1] else boxes[-1] if boxes else \
-            crop_box_from_mask(mask, cfg.predictor.crop_padding)
+        # A vanished object keeps the last box it had, so the crops stay on where it was.
+        box = boxes[-1] if boxes and not valid[-1] else crop_box_from_mask(mask, cfg.predictor.crop_padding)
         images.append(crop_image(frame, box, crop_size))
         masks.append(crop_image(mask, box, crop_size, padding_mode="zeros"))
         parts.append(crop_image(soft[None], box, crop_size))

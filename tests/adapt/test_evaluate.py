@@ -264,7 +264,7 @@ def test_cli_runs_the_real_pipeline_on_a_tiny_clip(tmp_path):
         Image.fromarray(frame).save(root / "JPEGImages/480p/demo" / f"{t:05d}.jpg")
         write_annotation(root / "Annotations/480p/demo" / f"{t:05d}.png", mask.astype(np.uint8))
     (root / "list.txt").write_text("demo\n")
-    sets = ["propagation.method=pixels", "propagation.use_bf16=false", "input.max_side=160", "optim.iterations=2",
+    sets = ["correspondence.method=pixels", "propagation.use_bf16=false", "input.max_side=160", "optim.iterations=2",
             "optim.batch_size=3", "optim.render_size=32", "parts.num_parts=4", "export.overlay=false",
             f"predictor.checkpoint={checkpoint}"]
     out = tmp_path / "eval"

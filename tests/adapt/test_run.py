@@ -23,7 +23,7 @@ from mesh_recon.mesh import load_obj
 from mesh_recon.predictor import MeshPredictor
 from mesh_recon.predictor_config import CMRConfig
 
-FAST = ["propagation.method=pixels", "propagation.use_bf16=false", "input.max_side=160", "optim.iterations=2",
+FAST = ["correspondence.method=pixels", "propagation.use_bf16=false", "input.max_side=160", "optim.iterations=2",
         "optim.batch_size=3", "optim.render_size=32", "parts.num_parts=4", "export.overlay=true"]
 
 
@@ -140,7 +140,7 @@ def test_vanishing_object_warns_instead_of_crashing(tmp_path, clip, predictor_ch
 def test_adaptation_lowers_its_losses(clip, predictor_checkpoint):
     video_path, mask_path, _ = clip
     torch.manual_seed(0)
-    cfg = load_config(AdaptConfig, None, ["propagation.method=pixels", "propagation.use_bf16=false",
+    cfg = load_config(AdaptConfig, None, ["correspondence.method=pixels", "propagation.use_bf16=false",
                                           "input.max_side=160", "parts.num_parts=4"])
     video = read_video(video_path, cfg.input)
     mask = resize_mask(read_mask(mask_path, video.original_size, False), video.frames.shape[1:3][::-1])
