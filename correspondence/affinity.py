@@ -29,8 +29,8 @@ def topk_global(query: torch.Tensor, key: torch.Tensor, k: int, chunk_size: int 
     values, indices = [], []
     for start in range(0, query.shape[1], chunk_size):
         sims = query[:, start:start + chunk_size].transpose(0, 1) @ key  # (chunk, N_k)
-        top = sims.float().topk(k, dim=1)
-        values.append(top.values)
+        top = sims.topk(k, dim=1)
+        values.append(top.values.float())
         indices.append(top.indices)
     return torch.cat(values), torch.cat(indices)
 
@@ -43,6 +43,8 @@ class LocalWindows:
         h, w, tile, reach: map size, query tile side, window margin (floor of the radius), in cells.
         flat_index: (n, W^2) int64 index into h * w of every window cell of every tile (W = tile + 2 reach);
             cells outside the map point at 0 and are masked by ``bias``.
+        query_index: (n, T^2) int64 index into h * w of every query cell of every tile (padding points at 0;
+            its results are dropped).
         bias: (n, T^2, W^2) float 0 where the key cell lies within the radius of the query cell and inside the
             map, -inf elsewhere (T^2 = tile * tile queries per tile).
     """
@@ -52,6 +54,7 @@ class LocalWindows:
     tile: int
     reach: int
     flat_index: torch.Tensor
+    query_index: torch.Tensor
     bias: torch.Tensor
 
 
@@ -74,29 +77,26 @@ def local_windows(h: int, w: int, radius: float, tile: int = 8, device: str = "c
     near = ((dy**2 + dx**2) <= radius**2).reshape(tile * tile, -1)
     allowed = near[None] & valid_tiles[:, None, :]
     bias = torch.zeros(allowed.shape, device=device).masked_fill_(~allowed, float("-inf"))
-    return LocalWindows(h, w, tile, reach, flat_tiles.clamp_min(0), bias)
+    qy, qx = torch.arange(hp, device=device).clamp_max(h - 1), torch.arange(wp, device=device).clamp_max(w - 1)
+    query_flat = (qy.view(-1, 1) * w + qx.view(1, -1)).double()
+    query_index = F.unfold(query_flat[None, None], tile, stride=tile)[0].T.long()  # (n, T^2)
+    flat_tiles = torch.where(valid_tiles, flat_tiles, torch.zeros_like(flat_tiles))
+    return LocalWindows(h, w, tile, reach, flat_tiles, query_index, bias)
 
 
 def key_tiles(key: torch.Tensor, win: LocalWindows) -> torch.Tensor:
-    """Key features cut into the windows of ``win``: (C, h, w) -> (n, C, W^2), in key's dtype.
+    """Key features gathered into the windows of ``win``: (C, h, w) -> (n, C, W^2), in key's dtype.
 
-    Computed once per context frame and reused for every target that frame serves.
+    Computed once per context frame and reused for every target that frame serves; laid out so the batched
+    product with the queries needs no transpose (bf16 matmuls with transposed operands are slow on CPU).
     """
-    C = key.shape[0]
-    hp, wp = math.ceil(win.h / win.tile) * win.tile, math.ceil(win.w / win.tile) * win.tile
-    window = win.tile + 2 * win.reach
-    kpad = F.pad(key[None].float(), (win.reach, win.reach + wp - win.w, win.reach, win.reach + hp - win.h))
-    tiles = F.unfold(kpad, window, stride=win.tile)[0].view(C, window * window, -1)
-    return tiles.permute(2, 0, 1).to(key.dtype).contiguous()
+    rows = key.flatten(1).T.contiguous().index_select(0, win.flat_index.flatten())  # (n W^2, C): row gathers
+    return rows.view(*win.flat_index.shape, -1).transpose(1, 2).contiguous()
 
 
 def query_tiles(query: torch.Tensor, win: LocalWindows) -> torch.Tensor:
-    """Query features cut into tiles: (C, h, w) -> (n, T^2, C)."""
-    C = query.shape[0]
-    hp, wp = math.ceil(win.h / win.tile) * win.tile, math.ceil(win.w / win.tile) * win.tile
-    q = F.pad(query[None].float(), (0, wp - win.w, 0, hp - win.h))
-    tiles = F.unfold(q, win.tile, stride=win.tile)[0].view(C, win.tile * win.tile, -1)
-    return tiles.permute(2, 1, 0).to(query.dtype).contiguous()
+    """Query features gathered into tiles: (C, h, w) -> (n, T^2, C)."""
+    return query.flatten(1).T.contiguous().index_select(0, win.query_index.flatten()).view(*win.query_index.shape, -1)
 
 
 def topk_local_tiles(queries: torch.Tensor, keys: torch.Tensor, win: LocalWindows,
