@@ -217,7 +217,7 @@ def uniform_laplacian(faces: Tensor, num_verts: int) -> Tensor:
     rows = torch.cat([edges[:, 0], edges[:, 1]])
     cols = torch.cat([edges[:, 1], edges[:, 0]])
     degree = torch.bincount(rows, minlength=num_verts).float()
-    diag = torch.arange(num_verts)
+    diag = torch.arange(num_verts, device=faces.device)
     values = torch.cat([-1.0 / degree[rows], (degree > 0).float()])
     index = torch.stack([torch.cat([rows, diag]), torch.cat([cols, diag])])
     return torch.sparse_coo_tensor(index, values, (num_verts, num_verts), check_invariants=False).coalesce()
@@ -242,10 +242,10 @@ def cotangent_laplacian(verts: Tensor, faces: Tensor, normalize: bool = False) -
     V = verts.shape[0]
     diag = torch.zeros(V, dtype=verts.dtype, device=verts.device).index_add(0, rows, w)
     values = torch.cat([-w, diag])
-    index = torch.stack([torch.cat([rows, torch.arange(V)]), torch.cat([cols, torch.arange(V)])])
+    index = torch.stack([torch.cat([rows, torch.arange(V, device=verts.device)]), torch.cat([cols, torch.arange(V, device=verts.device)])])
     if normalize:
         area = torch.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0], dim=-1).norm(dim=-1) / 2
-        vertex_area = torch.zeros(V, dtype=verts.dtype).index_add(0, faces.reshape(-1), area.repeat_interleave(3)) / 3
+        vertex_area = torch.zeros(V, dtype=verts.dtype, device=verts.device).index_add(0, faces.reshape(-1), area.repeat_interleave(3)) / 3
         values = values / vertex_area.clamp_min(1e-12)[index[0]]
     return torch.sparse_coo_tensor(index, values, (V, V), check_invariants=False).coalesce()
 
