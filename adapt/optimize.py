@@ -19,7 +19,7 @@ from mesh_recon.render import SoftRenderer, SoftRenderSettings
 
 from .config import LossWeights, OptimConfig
 from .losses import base_shape_loss, part_correspondence_loss, quaternion_smoothness, temporal_smoothness
-from .parts import pool_uv_maps, texel_surface, texel_visibility, uv_maps_from_flow
+from .parts import UVPool, texel_surface, texel_visibility, uv_maps_from_flow
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class VideoCrops:
 
     Fields:
         images: (T, 3, S, S) RGB in [0, 1]; masks: (T, 1, S, S) propagated object masks (soft);
-        parts: (T, K + 1, S, S) propagated soft parts (channel 0 background);
+        parts: (T, K + 1, S, S) propagated soft parts, float16 to save memory (channel 0 background);
         boxes: (T, 4) crop boxes (x0, y0, x1, y1) in the processed frames' pixels;
         valid: (T,) bool, False where the object vanished; frame_hw: (H, W) of the processed frames.
     """
@@ -61,16 +61,21 @@ def predict_frames(model: MeshPredictor, images: Tensor, batch_size: int = 16) -
                       face_uvs=first.face_uvs)
 
 
-def video_maps(pred: Prediction, crops: VideoCrops) -> VideoMaps:
-    """Pool every valid frame's parts and texture into UV space (visibility-weighted) and average the shapes."""
+def video_maps(pred: Prediction, crops: VideoCrops, chunk: int = 16) -> VideoMaps:
+    """Pool every valid frame's parts and texture into UV space (visibility-weighted, in chunks of frames) and
+    average the shapes."""
     uv_hw = tuple(pred.uv_flow.shape[-2:])
     face_index, bary = texel_surface(pred.face_uvs, uv_hw)
     keep = crops.valid if bool(crops.valid.any()) else torch.ones_like(crops.valid)
-    visibility = texel_visibility(pred.verts[keep], pred.cams[keep], pred.faces, face_index, bary)
-    flow = pred.uv_flow[keep]
-    parts = pool_uv_maps(uv_maps_from_flow(crops.parts[keep], flow), visibility)
-    texture = pool_uv_maps(texture_from_flow(crops.images[keep], flow), visibility)
-    return VideoMaps(parts, texture, pred.verts[keep].mean(0))
+    frames = torch.nonzero(keep).flatten()
+    parts, texture = UVPool(), UVPool()
+    for start in range(0, len(frames), chunk):
+        idx = frames[start:start + chunk]
+        visibility = texel_visibility(pred.verts[idx], pred.cams[idx], pred.faces, face_index, bary)
+        flow = pred.uv_flow[idx]
+        parts.add(uv_maps_from_flow(crops.parts[idx].float(), flow), visibility)
+        texture.add(texture_from_flow(crops.images[idx], flow), visibility)
+    return VideoMaps(parts.result(), texture.result(), pred.verts[frames].mean(0))
 
 
 def select_parameters(model: MeshPredictor, layers: str) -> list[torch.nn.Parameter]:
@@ -99,7 +104,7 @@ def adaptation_losses(pred: Prediction, crops: VideoCrops, frames: Tensor, maps:
     K1 = maps.parts.shape[0]
     parts_r, rgb_r, sil_r = out[:, :K1], out[:, K1:K1 + 3], out[:, -1:]
     valid = crops.valid[frames]
-    parts_o, mask_o = _resize(crops.parts[frames], size), _resize(crops.masks[frames], size)
+    parts_o, mask_o = _resize(crops.parts[frames].float(), size), _resize(crops.masks[frames], size)
     image_o = _resize(crops.images[frames], size)
     terms = {}
     if bool(valid.any()):

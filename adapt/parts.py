@@ -105,16 +105,36 @@ def texel_visibility(verts: Tensor, cams: Tensor, faces: Tensor, face_index: Ten
     return visible[:, None].float()
 
 
-def pool_uv_maps(uv_maps: Tensor, visibility: Tensor) -> Tensor:
-    """One video-level UV map: per texel, the visibility-weighted mean over frames.
+class UVPool:
+    """Running visibility-weighted mean of per-frame UV maps, fed chunk by chunk (memory flat in video length).
 
-    Texels no frame sees take the plain mean over frames (the flow still points somewhere plausible, and the
-    mirror-symmetric flow fills the hidden side from the visible one).
-    Args:
-        uv_maps: (T, C, Hu, Wu); visibility: (T, 1, Hu, Wu) in [0, 1].
-    Returns:
-        (C, Hu, Wu).
+    Per texel: sum_t vis_t * uv_t / sum_t vis_t; texels no frame sees take the plain mean over frames (the flow
+    still points somewhere plausible, and the mirror-symmetric flow fills the hidden side from the visible one).
     """
-    weight = visibility.sum(0)  # (1, Hu, Wu)
-    weighted = (uv_maps * visibility).sum(0) / weight.clamp_min(1e-6)
-    return torch.where(weight > 0, weighted, uv_maps.mean(0))
+
+    def __init__(self):
+        self.weighted = self.weight = self.plain = None
+        self.count = 0
+
+    def add(self, uv_maps: Tensor, visibility: Tensor) -> "UVPool":
+        """Add frames: uv_maps (T, C, Hu, Wu), visibility (T, 1, Hu, Wu) in [0, 1]."""
+        terms = ((uv_maps * visibility).sum(0), visibility.sum(0), uv_maps.sum(0))
+        if self.weighted is None:
+            self.weighted, self.weight, self.plain = terms
+        else:
+            self.weighted, self.weight, self.plain = (a + b for a, b in zip((self.weighted, self.weight, self.plain),
+                                                                            terms))
+        self.count += uv_maps.shape[0]
+        return self
+
+    def result(self) -> Tensor:
+        """(C, Hu, Wu) the pooled map."""
+        if self.weighted is None:
+            raise ValueError("UVPool: expected at least one frame, got none")
+        seen = self.weighted / self.weight.clamp_min(1e-6)
+        return torch.where(self.weight > 0, seen, self.plain / self.count)
+
+
+def pool_uv_maps(uv_maps: Tensor, visibility: Tensor) -> Tensor:
+    """One video-level UV map from (T, C, Hu, Wu) maps and (T, 1, Hu, Wu) visibility (see ``UVPool``)."""
+    return UVPool().add(uv_maps, visibility).result()

@@ -81,7 +81,7 @@ def propagate_and_crop(video: VideoInput, labels0: Tensor, model: torch.nn.Modul
         box = boxes[-1] if boxes and not valid[-1] else crop_box_from_mask(mask, cfg.predictor.crop_padding)
         images.append(crop_image(frame, box, crop_size))
         masks.append(crop_image(mask, box, crop_size, padding_mode="zeros"))
-        parts.append(crop_image(soft[None], box, crop_size))
+        parts.append(crop_image(soft[None], box, crop_size).half())
         boxes.append(box)
         indices.append(soft.argmax(0).to(torch.uint8).cpu().numpy())
     crops = VideoCrops(torch.cat(images), torch.cat(masks), torch.cat(parts), torch.cat(boxes),

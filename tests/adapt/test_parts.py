@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from adapt.losses import part_centres, part_correspondence_loss, quaternion_smoothness, temporal_smoothness
-from adapt.parts import pool_uv_maps, random_parts, texel_surface, texel_visibility, uv_maps_from_flow
+from adapt.parts import UVPool, pool_uv_maps, random_parts, texel_surface, texel_visibility, uv_maps_from_flow
 from mesh_recon.geometry import weak_perspective_project
 from mesh_recon.mesh import face_spherical_uv, icosphere
 from mesh_recon.render import render_hard, sample_texture_hard
@@ -104,3 +104,16 @@ def test_temporal_terms():
     assert temporal_smoothness(torch.tensor([[0.0], [1.0], [3.0]])).item() == pytest.approx(2.5)
     q = torch.tensor([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]])
     assert quaternion_smoothness(q).item() == pytest.approx(0.0)
+
+
+def test_pooling_in_chunks_equals_pooling_at_once():
+    g = torch.Generator().manual_seed(0)
+    uv = torch.rand(7, 3, 4, 5, generator=g)
+    vis = (torch.rand(7, 1, 4, 5, generator=g) > 0.5).float()
+    vis[:, :, 0, 0] = 0  # a texel no frame sees takes the plain mean
+    chunked = UVPool().add(uv[:3], vis[:3]).add(uv[3:], vis[3:]).result()
+    assert torch.allclose(chunked, pool_uv_maps(uv, vis), atol=1e-6)
+    assert torch.allclose(chunked[:, 0, 0], uv[:, :, 0, 0].mean(0))
+    seen = vis[:, 0, 1, 1] > 0
+    if seen.any():
+        assert torch.allclose(chunked[:, 1, 1], uv[seen][:, :, 1, 1].mean(0), atol=1e-6)
