@@ -154,3 +154,16 @@ def test_adaptation_lowers_its_losses(clip, predictor_checkpoint):
     last = np.mean([h["loss"] for h in history[-5:]])
     assert last < 0.8 * first
     assert np.mean([h["silhouette"] for h in history[-5:]]) < np.mean([h["silhouette"] for h in history[:5]])
+
+
+def test_box_gives_a_grabcut_mask_close_to_the_true_one(clip):
+    from adapt.inputs import grabcut
+
+    video, mask_path, (H, W) = clip
+    frame = read_frames(video, max_frames=1)[0]
+    truth = read_mask(mask_path, (W, H), False)
+    ys, xs = np.nonzero(truth)
+    box = (max(xs.min() - 5, 0), max(ys.min() - 5, 0), min(xs.max() + 6, W), min(ys.max() + 6, H))
+    guess = grabcut(frame, box=box, iterations=5)
+    iou = (guess & truth).sum() / (guess | truth).sum()
+    assert iou > 0.6
