@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from correspondence.config import PropagationConfig
 
@@ -17,7 +18,7 @@ class InputConfig:
 @dataclass(frozen=True)
 class CorrespondenceSettings:
     checkpoint: str = ""  # correspondence weights ("" = the shipped correspondence/weights/uvc_cpu.pt)
-    method: str = "learned"  # learned | pixels (raw Lab colours, no learned model)
+    method: Literal["learned", "pixels"] = "learned"  # learned | pixels (raw Lab colours, no learned model)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from .checkpoint import read_checkpoint, save_checkpoint
 from .config import add_config_arguments, format_config, load_config, save_config
 from .runtime import resolve_device, seed_everything
 
@@ -80,11 +81,30 @@ def training_main(argv: list[str] | None, description: str, default_config: str,
     add_config_arguments(parser, default_config)
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (resumable)")
     parser.add_argument("--export", default=None, help="after training, write fp16 weights to this path")
+    parser.add_argument("--init-from", default=None, metavar="WEIGHTS",
+                        help="start a new run (no last.pt yet) from exported weights: their step, fresh optimizers")
     args = parser.parse_args(argv)
     cfg = load_config(config_cls, args.config, args.overrides)
+    if args.init_from and int(os.environ.get("RANK", "0")) == 0:
+        seed_run_from_weights(args.init_from, Path(cfg.train.out_dir) / "last.pt")
     checkpoint = train_fn(cfg, args.max_steps)
     if args.export and int(os.environ.get("RANK", "0")) == 0:
         print(f"exported {export_fn(checkpoint, args.export)}")
+
+
+def seed_run_from_weights(weights: str | Path, last: Path) -> None:
+    """Write ``last.pt`` from shipped (fp16) weights so a lost run can go on from them.
+
+    The optimizer states are not in shipped weights: the run resumes at the weights' step with fresh ones.
+    An existing ``last.pt`` wins (the flag is then a no-op), so the same command can be repeated to resume.
+    """
+    if last.exists():
+        print(f"{last} exists: resuming from it, --init-from ignored", flush=True)
+        return
+    ckpt = read_checkpoint(weights)
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in ckpt["state_dict"].items()}
+    save_checkpoint(last, ckpt["config"], state, int(ckpt.get("step", 0)), int(ckpt.get("version", 1)))
+    print(f"initialized {last} from {weights} at step {int(ckpt.get('step', 0))}", flush=True)
 
 
 def start_training(cfg, train_cfg) -> tuple[int, int, torch.device, Path]:

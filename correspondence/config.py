@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,9 @@ class PropagationConfig:
     temperature: float = 0.05  # softmax temperature over the top-k similarities
     max_side: int = 854  # frames are resized so their longer side is at most this
     chunk_size: int = 2048  # target positions per affinity chunk (bounds memory)
-    use_bf16: bool = True  # bfloat16 encoder on CPUs that support it (2x faster, same labels)
+    # joint: one top-k over the candidates of all context frames; average: a top-k per frame, frames averaged (UVC)
+    context_mixing: Literal["joint", "average"] = "joint"
+    use_bf16: bool = True  # bfloat16 encoder + matching on CPUs with native bf16 (2x faster, same labels)
 
 
 @dataclass(frozen=True)

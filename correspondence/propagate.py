@@ -25,7 +25,7 @@ from birdmesh.config import format_config, load_config, save_config
 from birdmesh.davis import read_annotation, write_annotation
 from birdmesh.errors import UserError, cli_entry
 from birdmesh.outdir import atomic_output_dir
-from birdmesh.runtime import resolve_device
+from birdmesh.runtime import cpu_has_fast_bf16, resolve_device
 from birdmesh.video import open_frames
 
 from .affinity import key_tiles, local_windows, query_tiles, topk_global, topk_local_tiles
@@ -42,12 +42,18 @@ def frame_to_lab(frame: np.ndarray, device) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_frame(model: torch.nn.Module, frame: np.ndarray, use_bf16: bool) -> torch.Tensor:
-    """Features (C, h, w) of one uint8 RGB frame, L2-normalized; bfloat16 autocast on CPU when asked."""
+    """Features (C, h, w) of one uint8 RGB frame, L2-normalized; bfloat16 autocast when asked (see
+    ``bf16_matching``)."""
     lab = frame_to_lab(frame, next(iter([*model.parameters(), *model.buffers()])).device)
     device_type = lab.device.type
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16 and device_type == "cpu"):
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16_matching(use_bf16, lab.device)):
         feats = model.features(lab)
     return F.normalize(feats.float(), dim=1)[0]
+
+
+def bf16_matching(use_bf16: bool, device: torch.device) -> bool:
+    """bfloat16 encoding and matching: asked for, on a CPU with native bf16 (emulated bf16 is far slower)."""
+    return use_bf16 and device.type == "cpu" and cpu_has_fast_bf16()
 
 
 def labels_to_features(labels: torch.Tensor, feat_hw: tuple[int, int]) -> torch.Tensor:
@@ -116,8 +122,12 @@ def propagate_step(target_feat: torch.Tensor, context: list[ContextFrame], cfg: 
         all_values.append(values)
         all_indices.append(indices + position * h * w)
     labels = torch.cat([frame.labels.flatten(1) for frame in context], dim=1)  # (L, n_ctx * h * w)
-    mixed = mix_candidate_labels(torch.cat(all_values, 1), torch.cat(all_indices, 1), labels, cfg.topk,
-                                 cfg.temperature)
+    if cfg.context_mixing == "average":  # UVC's test.py: each context frame votes with its own top-k, equally
+        mixed = sum(mix_candidate_labels(v, i, labels, cfg.topk, cfg.temperature)
+                    for v, i in zip(all_values, all_indices)) / len(context)
+    else:  # one top-k over the candidates of all context frames
+        mixed = mix_candidate_labels(torch.cat(all_values, 1), torch.cat(all_indices, 1), labels, cfg.topk,
+                                     cfg.temperature)
     return mixed.view(-1, h, w)
 
 
@@ -133,7 +143,7 @@ def iter_propagate(frames: Iterable[np.ndarray], labels0: torch.Tensor, model: t
     first = None
     for frame in frames:
         feat = encode_frame(model, frame, cfg.use_bf16)
-        if cfg.use_bf16 and feat.device.type == "cpu":
+        if bf16_matching(cfg.use_bf16, feat.device):
             feat = feat.bfloat16()  # matching in bfloat16 is ~3x faster on CPUs with bf16 units
         if first is None:
             labels = labels_to_features(labels0.to(feat.device), tuple(feat.shape[-2:]))

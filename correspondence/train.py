@@ -62,8 +62,9 @@ def train(cfg: UVCConfig, max_steps: int | None = None) -> Path:
     if ckpt_path.exists():
         ckpt = read_checkpoint(ckpt_path)
         model.load_state_dict(ckpt["state_dict"])
-        ae_opt.load_state_dict(ckpt["ae_optimizer"])
-        enc_opt.load_state_dict(ckpt["encoder_optimizer"])
+        if "encoder_optimizer" in ckpt:  # absent when the run was seeded from shipped weights (--init-from)
+            ae_opt.load_state_dict(ckpt["ae_optimizer"])
+            enc_opt.load_state_dict(ckpt["encoder_optimizer"])
         step = int(ckpt["step"])
         if rank == 0:
             print(f"resumed from {ckpt_path} at step {step}", flush=True)

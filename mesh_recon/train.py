@@ -129,7 +129,8 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank
         return 0
     ckpt = read_checkpoint(path)
     model.load_state_dict(ckpt["state_dict"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    if "optimizer" in ckpt:  # absent when the run was seeded from shipped weights (--init-from)
+        optimizer.load_state_dict(ckpt["optimizer"])
     if rank == 0:
         print(f"resumed from {path} at step {ckpt['step']}", flush=True)
     return int(ckpt["step"])

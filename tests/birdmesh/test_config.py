@@ -1,5 +1,5 @@
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
 import pytest
 
@@ -20,6 +20,7 @@ class Job:
     seed: int = 0
     resume: bool = True
     checkpoint: Optional[str] = None
+    mode: Literal["fast", "exact"] = "fast"
     optim: Optim = field(default_factory=Optim)
 
 
@@ -58,3 +59,9 @@ def test_round_trip_through_dict_and_yaml_text():
     cfg = load_config(Job, None, ["optim.lr=0.5"])
     assert config_from_dict(Job, config_to_dict(cfg)) == cfg
     assert "lr: 0.5" in format_config(cfg)
+
+
+def test_literal_keys_accept_only_their_choices():
+    assert load_config(Job, None, ["mode=exact"]).mode == "exact"
+    with pytest.raises(UserError, match=r"--set: key 'mode' expects one of fast, exact, got 'quick'"):
+        load_config(Job, None, ["mode=quick"])

@@ -115,3 +115,36 @@ def test_cli_writes_one_palette_png_per_frame_at_input_size(tmp_path):
     first = Image.open(pngs[0])
     assert first.mode == "P" and first.size == (48, 32)
     assert (np.asarray(first)[8:24, 8:24] == 1).all()
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_matching_only_on_cpus_with_native_bf16(monkeypatch, native):
+    import correspondence.propagate as propagate
+
+    monkeypatch.setattr(propagate, "cpu_has_fast_bf16", lambda: native)
+    frames = [np.full((32, 48, 3), 100 + t, np.uint8) for t in range(3)]
+    labels0 = _blocky_labels(32, 48, 3)
+    cfg = PropagationConfig(context_previous=1, topk=2, radius=2.0, temperature=0.01, use_bf16=True)
+    assert propagate.bf16_matching(True, torch.device("cpu")) is native
+    assert propagate.bf16_matching(False, torch.device("cpu")) is False
+    out = propagate_labels(frames, labels0, PositionFeatures(), cfg)
+    reference = propagate_labels(frames, labels0, PositionFeatures(), PropagationConfig(
+        context_previous=1, topk=2, radius=2.0, temperature=0.01, use_bf16=False))
+    assert torch.allclose(out, reference, atol=1e-2)  # same labels in either precision
+
+
+def test_average_mixing_gives_each_context_frame_an_equal_vote():
+    from correspondence.propagate import ContextFrame, propagate_step
+
+    # Two context frames with identical features but different labels: a joint top-1 picks one frame's label,
+    # averaging takes the mean of both (UVC's test-time protocol).
+    feats = F.normalize(torch.randn(8, 2, 3, generator=torch.Generator().manual_seed(0)), dim=0)
+    first = torch.zeros(2, 2, 3)
+    first[1] = 1.0
+    second = torch.zeros(2, 2, 3)
+    second[0] = 1.0
+    context = [ContextFrame(feats, first), ContextFrame(feats, second)]
+    joint = propagate_step(feats, context, PropagationConfig(topk=1, temperature=0.01, context_mixing="joint"))
+    average = propagate_step(feats, context, PropagationConfig(topk=1, temperature=0.01, context_mixing="average"))
+    assert torch.allclose(average, torch.full((2, 2, 3), 0.5), atol=1e-5)
+    assert torch.allclose(joint.sum(0), torch.ones(2, 3)) and set(joint.unique().tolist()) <= {0.0, 1.0}
