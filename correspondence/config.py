@@ -58,9 +58,9 @@ class TrainConfig:
 @dataclass(frozen=True)
 class PropagationConfig:
     context_previous: int = 7  # the first frame plus this many previous predictions
-    topk: int = 10  # references kept per target position
+    topk: int = 5  # references kept per target position
     radius: float = 12.0  # local window (feature cells) for previous frames; <= 0 means global
-    temperature: float = 0.05  # softmax temperature over the top-k similarities
+    temperature: float = 0.02  # softmax temperature over the top-k similarities
     max_side: int = 854  # frames are resized so their longer side is at most this
     chunk_size: int = 2048  # target positions per affinity chunk (bounds memory)
     # joint: one top-k over the candidates of all context frames; average: a top-k per frame, frames averaged (UVC)
