@@ -1,6 +1,7 @@
 """Device choice, seeding and the location of the shared data folder."""
 from __future__ import annotations
 
+import functools
 import os
 import random
 from pathlib import Path
@@ -52,6 +53,7 @@ def resolve_data_path(path: str) -> Path:
     return Path(path)
 
 
+@functools.cache  # asked once per propagated frame; the answer never changes within a process
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX). Elsewhere oneDNN emulates bf16 and a
     bf16 matmul runs ~30x slower than float32 (measured on an AVX2 EPYC), so callers fall back to float32."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import read_checkpoint, save_checkpoint
 from .config import add_config_arguments, format_config, load_config, save_config
+from .errors import UserError
 from .runtime import resolve_device, seed_everything
 
 
@@ -85,8 +87,12 @@ def training_main(argv: list[str] | None, description: str, default_config: str,
                         help="start a new run (no last.pt yet) from exported weights: their step, fresh optimizers")
     args = parser.parse_args(argv)
     cfg = load_config(config_cls, args.config, args.overrides)
-    if args.init_from and int(os.environ.get("RANK", "0")) == 0:
-        seed_run_from_weights(args.init_from, Path(cfg.train.out_dir) / "last.pt")
+    if args.init_from:
+        last = Path(cfg.train.out_dir) / "last.pt"
+        if int(os.environ.get("RANK", "0")) == 0:
+            seed_run_from_weights(args.init_from, last)
+        else:  # no process group yet: wait for rank 0's file so every rank resumes from the same step
+            _wait_for_file(last, timeout_s=600.0)
     checkpoint = train_fn(cfg, args.max_steps)
     if args.export and int(os.environ.get("RANK", "0")) == 0:
         print(f"exported {export_fn(checkpoint, args.export)}")
@@ -102,9 +108,18 @@ def seed_run_from_weights(weights: str | Path, last: Path) -> None:
         print(f"{last} exists: resuming from it, --init-from ignored", flush=True)
         return
     ckpt = read_checkpoint(weights)
+    step = int(ckpt.get("step", 0))
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in ckpt["state_dict"].items()}
-    save_checkpoint(last, ckpt["config"], state, int(ckpt.get("step", 0)), int(ckpt.get("version", 1)))
-    print(f"initialized {last} from {weights} at step {int(ckpt.get('step', 0))}", flush=True)
+    save_checkpoint(last, ckpt["config"], state, step, int(ckpt.get("version", 1)))
+    print(f"initialized {last} from {weights} at step {step}", flush=True)
+
+
+def _wait_for_file(path: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise UserError(f"{path}: not written by rank 0 within {timeout_s:.0f} s (--init-from)")
+        time.sleep(0.5)
 
 
 def start_training(cfg, train_cfg) -> tuple[int, int, torch.device, Path]:
