@@ -59,7 +59,9 @@ class TrainConfig:
 class PropagationConfig:
     context_previous: int = 7  # the first frame plus this many previous predictions
     topk: int = 5  # references kept per target position
-    radius: float = 12.0  # local window (feature cells) for previous frames; <= 0 means global
+    radius: float = 12.0  # local window (feature cells) around each target position; <= 0 means global
+    # match the first frame over the whole image (UVC's test.py) instead of within ``radius`` like the others
+    first_frame_global: bool = False
     temperature: float = 0.02  # softmax temperature over the top-k similarities
     max_side: int = 854  # frames are resized so their longer side is at most this
     chunk_size: int = 2048  # target positions per affinity chunk (bounds memory)

@@ -103,8 +103,8 @@ def propagate_step(target_feat: torch.Tensor, context: list[ContextFrame], cfg: 
 
     Args:
         target_feat: (C, h, w) target features.
-        context: the first frame first (matched globally), then previous frames (matched within ``cfg.radius``
-            cells when they carry tiles, globally otherwise).
+        context: the first frame, then previous frames; each is matched within ``cfg.radius`` cells when it
+            carries tiles, globally otherwise.
     Returns:
         (L, h, w) soft labels.
     """
@@ -147,7 +147,7 @@ def iter_propagate(frames: Iterable[np.ndarray], labels0: torch.Tensor, model: t
             feat = feat.bfloat16()  # matching in bfloat16 is ~3x faster on CPUs with bf16 units
         if first is None:
             labels = labels_to_features(labels0.to(feat.device), tuple(feat.shape[-2:]))
-            first = ContextFrame(feat, labels)
+            first = make_context(feat, labels, cfg, local=not cfg.first_frame_global)
         else:
             labels = propagate_step(feat, [first, *previous], cfg)
         if cfg.context_previous > 0:

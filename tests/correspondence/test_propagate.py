@@ -72,6 +72,25 @@ def test_translated_video_moves_the_mask_with_pixel_features():
     assert iou > 0.6
 
 
+
+@pytest.mark.parametrize("first_frame_global", [False, True])
+def test_first_frame_is_matched_within_the_radius_unless_global(first_frame_global):
+    # The texture jumps 5 cells between frames; with radius 2 a local match cannot reach the first frame's
+    # square, a global one (UVC's protocol) finds it. Only the first frame is context.
+    rng = np.random.default_rng(1)
+    texture = (rng.random((8, 20, 3)) * 255).astype(np.uint8).repeat(8, 0).repeat(8, 1)  # (64, 160)
+    frames = [np.roll(texture, 40 * t, axis=1)[:, :96] for t in range(2)]
+    mask = np.zeros((64, 96), np.int64)
+    mask[16:48, 8:32] = 1
+    cfg = PropagationConfig(context_previous=0, topk=1, radius=2.0, temperature=0.01, use_bf16=False,
+                            first_frame_global=first_frame_global)
+    predicted = soft_to_index(propagate_labels(frames, index_to_soft(mask), PixelFeatures(), cfg)[1])
+    moved = predicted[20:44, 52:68]
+    if first_frame_global:
+        assert (moved == 1).all()
+    else:
+        assert moved.max() == 0
+
 def _write_clip(folder, n=3, size=(32, 48)):
     folder.mkdir()
     for t in range(n):
@@ -148,3 +167,14 @@ def test_average_mixing_gives_each_context_frame_an_equal_vote():
     average = propagate_step(feats, context, PropagationConfig(topk=1, temperature=0.01, context_mixing="average"))
     assert torch.allclose(average, torch.full((2, 2, 3), 0.5), atol=1e-5)
     assert torch.allclose(joint.sum(0), torch.ones(2, 3)) and set(joint.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_pixel_features_are_normalized_uncentred_lab_neighbourhoods():
+    lab = torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(3)) * torch.tensor([100.0, 60, 60]).view(
+        1, 3, 1, 1) - torch.tensor([0.0, 30, 30]).view(1, 3, 1, 1)
+    feats = PixelFeatures().features(lab)
+    assert feats.shape == (1, 27, 3, 4)
+    # by hand at cell (1, 2): the 8 x 8 mean colours of the 3 x 3 cells around it, Lab / 100, unit length
+    cells = [lab[0, :, 8 * i:8 * i + 8, 8 * j:8 * j + 8].mean(dim=(1, 2)) / 100 for i in range(3) for j in range(1, 4)]
+    expected = torch.stack(cells, dim=1).flatten()  # channel-major, like unfold
+    assert torch.allclose(feats[0, :, 1, 2], expected / expected.norm(), atol=1e-6)
