@@ -2,7 +2,7 @@
 --out DIR [--synthetic DIR2] [--max-frames N] [--set key=value ...]``.
 
 Per sequence the pipeline runs twice from the ground-truth first-frame mask, adapted and ``--no-adapt``
-(frame-wise), into DIR/runs/<seq>/<method>/; its exports are then scored (``adapt.scores``, ``adapt.metrics3d``):
+(frame-wise), into DIR/runs/<seq>/<method>/, propagating once (``adapt.run --cache``); its exports are then scored (``adapt.scores``, ``adapt.metrics3d``):
   - silhouette IoU per frame: masks/%05d.png vs the ground-truth masks;
   - mask reprojection consistency: frame t's mesh under frame t+d's camera vs the GT mask of t+d (d = 1, 5, 10, 20);
   - part consistency: each vertex's majority propagated part over the video, rendered on every frame's mesh,
@@ -21,6 +21,7 @@ import argparse
 import json
 import shlex
 import sys
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -231,6 +232,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", help="adapt.run config file (default: adapt.run's)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="adapt.run config override, passed to both methods (repeatable)")
+    parser.add_argument("--cache", help="keep the propagations in this folder for later evaluations (default: a "
+                        "temporary folder, shared by the two methods of a sequence and removed at the end)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     args = parser.parse_args(argv)
     if not args.davis and not args.synthetic:
@@ -254,9 +257,9 @@ def pipeline_arguments(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     sequences = list_sequences(args.davis, args.list, args.synthetic)
-    pipeline_args = pipeline_arguments(args)
     out = Path(args.out)
-    with atomic_output_dir(out, args.overwrite) as tmp:
+    with atomic_output_dir(out, args.overwrite) as tmp, tempfile.TemporaryDirectory(prefix="adapt-eval-") as scratch:
+        pipeline_args = pipeline_arguments(args) + ["--cache", args.cache or scratch]
         results = [evaluate_sequence(seq, tmp / "runs" / seq.name, pipeline_args, args.distances, args.points)
                    for seq in sequences]
         command = "python -m adapt.evaluate " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))

@@ -29,7 +29,7 @@ from .export import PixelCamera, camera_entry, camera_to_pixels, export_sequence
 from .inputs import DEMO_MASK, DEMO_VIDEO, grabcut, parse_box, read_mask, read_video, resize_mask
 from .optimize import adapt_predictor, predict_frames, video_maps
 from .outputs import project_to_ndc, write_masks, write_overlay, write_parts, write_report
-from .stages import first_frame_labels, guess_first_mask, propagate_and_crop, propagation_model
+from .stages import cached_propagate_and_crop, first_frame_labels, guess_first_mask
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "adapt.yaml"
 
@@ -71,8 +71,8 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     mask0 = first_frame_mask(video, args, predictor, cfg, warnings)
     labels0 = first_frame_labels(video.frames[0], mask0, cfg)
     lap("read")
-    crops, part_indices = propagate_and_crop(video, labels0, propagation_model(cfg, device), cfg,
-                                             predictor_cfg.model.image_size, device)
+    crops, part_indices, reused = cached_propagate_and_crop(args.cache, video, labels0, cfg,
+                                                            predictor_cfg.model.image_size, device)
     vanished = [int(t) for t in torch.nonzero(~crops.valid).flatten()]
     if vanished:
         warnings.append(f"the object vanished in {len(vanished)} frames (not adapted on): {vanished[:20]}")
@@ -103,7 +103,8 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     lap("export")
     report = {"input": str(args.input), "frames": len(video.frames), "fps": video.fps,
               "adapted": not args.no_adapt, "settings": config_to_dict(cfg), "timings_s": timings,
-              "losses": history, "warnings": warnings, "vanished_frames": vanished}
+              "losses": history, "warnings": warnings, "vanished_frames": vanished,
+              "propagation_reused": reused}
     write_report(out / "report.json", report)
     return report
 
@@ -119,6 +120,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-adapt", action="store_true", help="frame-wise predictor only (the baseline)")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda (overrides the config)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--cache", help="folder to keep and reuse the propagation in (e.g. --no-adapt vs adapted, "
+                        "or when trying adaptation settings)")
     add_config_arguments(parser, str(DEFAULT_CONFIG))
     args = parser.parse_args(argv)
     if args.input is None:

@@ -1,13 +1,20 @@
 """The stages of ``adapt.run`` between reading the video and exporting: labels, propagation, crops, predictions."""
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import pickle
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from birdmesh.config import config_to_dict
 from birdmesh.errors import UserError
-from correspondence.checkpoint import load_model
+from correspondence.checkpoint import DEFAULT_WEIGHTS, load_model
 from correspondence.labels import PixelFeatures, index_to_soft
 from correspondence.propagate import iter_propagate, upsample_labels
 from mesh_recon.crop import crop_box_from_mask, crop_image
@@ -89,3 +96,50 @@ def propagate_and_crop(video: VideoInput, labels0: Tensor, model: torch.nn.Modul
     return crops, np.stack(indices)
 
 
+
+
+def propagation_key(video: VideoInput, labels0: Tensor, cfg: AdaptConfig, crop_size: int, device) -> str:
+    """A digest of everything ``propagate_and_crop`` reads: frames, first-frame labels, the settings that shape the
+    propagation and the crops, the correspondence weights file and the device (bf16 paths differ by device)."""
+    settings = {name: config_to_dict(getattr(cfg, name)) for name in ("correspondence", "propagation", "parts")}
+    settings.update(crop_size=crop_size, crop_padding=cfg.predictor.crop_padding, device=str(device))
+    if cfg.correspondence.method != "pixels":
+        weights = Path(cfg.correspondence.checkpoint or DEFAULT_WEIGHTS)
+        settings["weights"] = [str(weights.resolve()), weights.stat().st_size, weights.stat().st_mtime_ns]
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(video.frames).tobytes())
+    digest.update(labels0.detach().cpu().float().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def cached_propagate_and_crop(cache_dir: str | Path | None, video: VideoInput, labels0: Tensor, cfg: AdaptConfig,
+                              crop_size: int, device) -> tuple[VideoCrops, np.ndarray, bool]:
+    """``propagate_and_crop`` with the correspondence model of the config, reusing ``cache_dir`` when given;
+    the third value tells whether the result came from the cache.
+
+    Propagation dominates a run and does not depend on the adaptation settings, so comparing adapted with
+    frame-wise runs, or sweeping adaptation settings, need not repeat it. Entries are keyed by
+    ``propagation_key``; a stale or foreign file is simply recomputed, and files load with ``weights_only=True``.
+    """
+    if cache_dir is None:
+        return (*propagate_and_crop(video, labels0, propagation_model(cfg, device), cfg, crop_size, device), False)
+    key = propagation_key(video, labels0, cfg, crop_size, device)
+    path = Path(cache_dir) / f"propagation-{key}.pt"
+    if path.is_file():
+        try:
+            entry = torch.load(path, map_location=device, weights_only=True)
+            if entry.get("key") == key:
+                crops = VideoCrops(entry["images"], entry["masks"], entry["parts"], entry["boxes"], entry["valid"],
+                                   tuple(entry["frame_hw"]))
+                print(f"propagation reused from {path}", flush=True)
+                return crops, entry["part_indices"].numpy(), True
+        except (RuntimeError, KeyError, EOFError, AttributeError, pickle.UnpicklingError) as err:
+            print(f"warning: {path}: unreadable propagation cache ({err}), recomputing", flush=True)
+    crops, indices = propagate_and_crop(video, labels0, propagation_model(cfg, device), cfg, crop_size, device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"key": key, "images": crops.images, "masks": crops.masks, "parts": crops.parts, "boxes": crops.boxes,
+             "valid": crops.valid, "frame_hw": list(crops.frame_hw), "part_indices": torch.from_numpy(indices)}
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({k: v.cpu() if isinstance(v, Tensor) else v for k, v in entry.items()}, tmp)
+    tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+    return crops, indices, False

@@ -229,6 +229,8 @@ def test_cli_scores_a_perfect_and_a_drifting_run(tmp_path, monkeypatch):
     summary = (out / "summary.md").read_text()
     assert "DAVIS reprojection consistency, d=1: adapted 1.0000 vs frame-wise" in summary and ": met" in summary
     assert "n/a (too few frames)" in summary and "| synthetic/toy | framewise |" in summary
+    # Both fit every frame: IoU 1.0 clears 0.80 but not the +0.15 lead over frame-wise (> 0.99).
+    assert "frame-wise 0.99" in summary and "(target >= 0.80 and >= +0.15): NOT met" in summary
     scores = json.loads((out / "scores.json").read_text())
     assert len(scores["per_frame"]["davis/sphere"]["adapted"]["iou"]) == T
     for png in ("iou_per_frame.png", "consistency.png", "contact_sheet.png"):

@@ -93,6 +93,31 @@ def test_no_adapt_and_one_frame_inputs(tmp_path, clip, predictor_checkpoint):
     assert len(list((tmp_path / "one" / "meshes").glob("*.obj"))) == 1
 
 
+def test_propagation_cache_is_reused_only_for_the_same_input_and_settings(tmp_path, clip, predictor_checkpoint,
+                                                                          monkeypatch):
+    import adapt.stages as stages
+
+    video, mask, _ = clip
+    calls = []
+    real = stages.propagate_and_crop
+    monkeypatch.setattr(stages, "propagate_and_crop", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cache = tmp_path / "cache"
+    base = [str(video), "--mask", str(mask), "--cache", str(cache), "--no-adapt"]
+    _run([*base, "--out", str(tmp_path / "a")], predictor_checkpoint)
+    _run([*base, "--out", str(tmp_path / "b")], predictor_checkpoint, ["optim.iterations=1"])
+    assert len(calls) == 1 and len(list(cache.glob("propagation-*.pt"))) == 1
+    reused = [json.loads((tmp_path / d / "report.json").read_text())["propagation_reused"] for d in "ab"]
+    assert reused == [False, True]
+    for name in ("parts/00003.png", "masks/00003.png"):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / name)), np.asarray(Image.open(tmp_path / "b" / name)))
+    _run([*base, "--out", str(tmp_path / "c")], predictor_checkpoint, ["propagation.topk=3"])
+    assert len(calls) == 2 and len(list(cache.glob("propagation-*.pt"))) == 2
+    next(cache.glob("propagation-*.pt")).write_bytes(b"not a checkpoint")
+    _run([*base, "--out", str(tmp_path / "d")], predictor_checkpoint)
+    _run([*base, "--out", str(tmp_path / "e")], predictor_checkpoint, ["propagation.topk=3"])
+    assert len(calls) == 3  # the corrupted entry was recomputed, the other reused
+
+
 def _error(args, predictor_checkpoint, capsys):
     with pytest.raises(SystemExit) as info:
         _run(args, predictor_checkpoint)
