@@ -4,7 +4,11 @@
 
 Each method runs in its own child process (so peak RSS is its own) on the same 480p DAVIS sequence and prints
 frames/s, peak RAM and J&F; then the ratios. The naive protocol (UVC's test.py): global affinity over the whole
-frame, first frame + 7 previous predictions as references, top-5 per target, the 8 propagations averaged.
+frame, first frame + 7 previous predictions as references, per reference the top-5 of each target mixed with
+softmax(similarity / temperature), the 8 propagations averaged. Methods:
+  ours         the default propagation (every context frame within the radius, one top-k over all of them);
+  ours-global  our streaming code on the naive protocol (radius off, per-frame top-k averaged): J&F must match;
+  naive        the protocol written plainly, full affinity matrices.
 """
 from __future__ import annotations
 
@@ -33,7 +37,10 @@ from correspondence.model import UVC  # noqa: E402
 from correspondence.propagate import encode_frame, iter_propagate, labels_to_features, upsample_labels  # noqa: E402
 
 
-def naive_uvc(frames, labels0, model, topk=5, previous=7):
+METHODS = ("ours", "ours-global", "naive")
+
+
+def naive_uvc(frames, labels0, model, topk=5, previous=7, temperature=PropagationConfig().temperature):
     """UVC's protocol written plainly: full affinities, per-reference top-k, average of the references."""
     feats, labels, out = [], [], []
     for t, frame in enumerate(frames):
@@ -45,9 +52,10 @@ def naive_uvc(frames, labels0, model, topk=5, previous=7):
             refs = [0] + list(range(max(1, t - previous), t))
             preds = []
             for r in refs:
-                affinity = torch.softmax(feats[r].flatten(1).T @ feat.flatten(1), dim=0)  # (N_ref, N_tar)
+                affinity = feats[r].flatten(1).T @ feat.flatten(1)  # (N_ref, N_tar)
                 top = affinity.topk(topk, dim=0)
-                preds.append((labels[r].flatten(1)[:, top.indices] * top.values[None]).sum(1))
+                weights = torch.softmax(top.values / temperature, dim=0)  # (topk, N_tar)
+                preds.append((labels[r].flatten(1)[:, top.indices] * weights[None]).sum(1))
             lab = torch.stack(preds).mean(0).view(-1, h, w)
             lab = lab / lab.sum(0, keepdim=True).clamp_min(1e-8)
         feats.append(feat)
@@ -67,6 +75,9 @@ def run_child(method: str, seq_name: str, frames: int, checkpoint: str) -> dict:
     tic = time.time()
     if method == "ours":
         stream = list(iter_propagate(iter(images), labels0, model, PropagationConfig()))
+    elif method == "ours-global":
+        protocol = PropagationConfig(radius=0, first_frame_global=True, context_mixing="average", use_bf16=False)
+        stream = list(iter_propagate(iter(images), labels0, model, protocol))
     else:
         stream = naive_uvc(images, labels0, model)
     seconds = time.time() - tic
@@ -82,22 +93,25 @@ def main() -> None:
     parser.add_argument("--seq", default="flamingo")
     parser.add_argument("--frames", type=int, default=80)
     parser.add_argument("--checkpoint", default=str(DEFAULT_WEIGHTS))
-    parser.add_argument("--child", choices=["ours", "naive"])
+    parser.add_argument("--child", choices=METHODS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_child(args.child, args.seq, args.frames, args.checkpoint)))
         return
     results = {}
-    for method in ("ours", "naive"):
+    for method in METHODS:
         cmd = [sys.executable, __file__, "--child", method, "--seq", args.seq, "--frames", str(args.frames),
                "--checkpoint", args.checkpoint]
         results[method] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
                                      .strip().splitlines()[-1])
         r = results[method]
-        print(f"{method:6s} {r['frames_per_s']:.2f} frames/s  peak RSS {r['peak_rss_mb']:.0f} MB  J&F {r['J&F']:.4f}")
-    ours, naive = results["ours"], results["naive"]
-    print(f"speed-up {ours['frames_per_s'] / naive['frames_per_s']:.1f}x  J&F difference "
-          f"{100 * (ours['J&F'] - naive['J&F']):+.2f} points  ({args.seq}, {args.frames} frames at 480p)")
+        print(f"{method:11s} {r['frames_per_s']:.2f} frames/s  peak RSS {r['peak_rss_mb']:.0f} MB  J&F {r['J&F']:.4f}")
+    naive = results["naive"]
+    for method in ("ours", "ours-global"):
+        r = results[method]
+        print(f"{method} vs naive: speed-up {r['frames_per_s'] / naive['frames_per_s']:.1f}x, peak RSS "
+              f"{r['peak_rss_mb'] / naive['peak_rss_mb']:.2f}x, J&F {100 * (r['J&F'] - naive['J&F']):+.2f} points "
+              f"({args.seq}, {args.frames} frames at 480p)")
 
 
 if __name__ == "__main__":
