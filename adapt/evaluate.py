@@ -2,7 +2,8 @@
 --out DIR [--synthetic DIR2] [--max-frames N] [--set key=value ...]``.
 
 Per sequence the pipeline runs twice from the ground-truth first-frame mask, adapted and ``--no-adapt``
-(frame-wise), into DIR/runs/<seq>/<method>/, propagating once (``adapt.run --cache``); its exports are then scored (``adapt.scores``, ``adapt.metrics3d``):
+(frame-wise), into DIR/runs/<seq>/<method>/, propagating once (``adapt.run --cache``); its exports are then scored
+(``adapt.scores``, ``adapt.metrics3d``):
   - silhouette IoU per frame: masks/%05d.png vs the ground-truth masks;
   - mask reprojection consistency: frame t's mesh under frame t+d's camera vs the GT mask of t+d (d = 1, 5, 10, 20);
   - part consistency: each vertex's majority propagated part over the video, rendered on every frame's mesh,

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from birdmesh.checkpoint import read_checkpoint, save_checkpoint
 from birdmesh.config import config_to_dict
 from birdmesh.errors import UserError
 from correspondence.checkpoint import DEFAULT_WEIGHTS, load_model
@@ -96,8 +95,6 @@ def propagate_and_crop(video: VideoInput, labels0: Tensor, model: torch.nn.Modul
     return crops, np.stack(indices)
 
 
-
-
 def propagation_key(video: VideoInput, labels0: Tensor, cfg: AdaptConfig, crop_size: int, device) -> str:
     """A digest of everything ``propagate_and_crop`` reads: frames, first-frame labels, the settings that shape the
     propagation and the crops, the correspondence weights file and the device (bf16 paths differ by device)."""
@@ -119,7 +116,8 @@ def cached_propagate_and_crop(cache_dir: str | Path | None, video: VideoInput, l
 
     Propagation dominates a run and does not depend on the adaptation settings, so comparing adapted with
     frame-wise runs, or sweeping adaptation settings, need not repeat it. Entries are keyed by
-    ``propagation_key``; a stale or foreign file is simply recomputed, and files load with ``weights_only=True``.
+    ``propagation_key``; a stale or unreadable file is simply recomputed (``birdmesh.checkpoint``: atomic writes,
+    ``weights_only`` loads).
     """
     if cache_dir is None:
         return (*propagate_and_crop(video, labels0, propagation_model(cfg, device), cfg, crop_size, device), False)
@@ -127,19 +125,19 @@ def cached_propagate_and_crop(cache_dir: str | Path | None, video: VideoInput, l
     path = Path(cache_dir) / f"propagation-{key}.pt"
     if path.is_file():
         try:
-            entry = torch.load(path, map_location=device, weights_only=True)
-            if entry.get("key") == key:
-                crops = VideoCrops(entry["images"], entry["masks"], entry["parts"], entry["boxes"], entry["valid"],
-                                   tuple(entry["frame_hw"]))
+            entry = read_checkpoint(path)
+        except UserError as err:
+            print(f"warning: {err}; recomputing the propagation", flush=True)
+        else:
+            if entry["config"].get("propagation_key") == key:
+                saved = {name: value.to(device) for name, value in entry["state_dict"].items()}
+                crops = VideoCrops(saved["images"], saved["masks"], saved["parts"], saved["boxes"], saved["valid"],
+                                   tuple(entry["config"]["frame_hw"]))
                 print(f"propagation reused from {path}", flush=True)
-                return crops, entry["part_indices"].numpy(), True
-        except (RuntimeError, KeyError, EOFError, AttributeError, pickle.UnpicklingError) as err:
-            print(f"warning: {path}: unreadable propagation cache ({err}), recomputing", flush=True)
+                return crops, saved["part_indices"].cpu().numpy(), True
     crops, indices = propagate_and_crop(video, labels0, propagation_model(cfg, device), cfg, crop_size, device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    entry = {"key": key, "images": crops.images, "masks": crops.masks, "parts": crops.parts, "boxes": crops.boxes,
-             "valid": crops.valid, "frame_hw": list(crops.frame_hw), "part_indices": torch.from_numpy(indices)}
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({k: v.cpu() if isinstance(v, Tensor) else v for k, v in entry.items()}, tmp)
-    tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+    tensors = {"images": crops.images, "masks": crops.masks, "parts": crops.parts, "boxes": crops.boxes,
+               "valid": crops.valid, "part_indices": torch.from_numpy(indices)}
+    save_checkpoint(path, {"propagation_key": key, "frame_hw": list(crops.frame_hw)},
+                    {name: value.cpu() for name, value in tensors.items()}, step=0)
     return crops, indices, False
