@@ -104,7 +104,8 @@ def propagation_key(video: VideoInput, labels0: Tensor, cfg: AdaptConfig, crop_s
         weights = Path(cfg.correspondence.checkpoint or DEFAULT_WEIGHTS)
         settings["weights"] = [str(weights.resolve()), weights.stat().st_size, weights.stat().st_mtime_ns]
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    digest.update(np.ascontiguousarray(video.frames).tobytes())
+    for frame in video.frames:  # frame by frame: no stacked copy of the whole video
+        digest.update(np.ascontiguousarray(frame))
     digest.update(labels0.detach().cpu().float().numpy().tobytes())
     return digest.hexdigest()[:32]
 
