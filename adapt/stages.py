@@ -13,9 +13,9 @@ from tqdm import tqdm
 from birdmesh.checkpoint import read_checkpoint, save_checkpoint
 from birdmesh.config import config_to_dict
 from birdmesh.errors import UserError
-from correspondence.checkpoint import DEFAULT_WEIGHTS, load_model
-from correspondence.labels import PixelFeatures, index_to_soft
-from correspondence.propagate import iter_propagate, upsample_labels
+from correspondence.checkpoint import DEFAULT_WEIGHTS
+from correspondence.labels import index_to_soft
+from correspondence.propagate import build_model, iter_propagate, upsample_labels
 from mesh_recon.crop import crop_box_from_mask, crop_image
 from mesh_recon.geometry import weak_perspective_project
 from mesh_recon.predictor import MeshPredictor
@@ -62,9 +62,7 @@ def first_frame_labels(frame: np.ndarray, mask: np.ndarray, cfg: AdaptConfig) ->
 
 def propagation_model(cfg: AdaptConfig, device) -> torch.nn.Module:
     """The correspondence model named by the config (``pixels`` = no learned model)."""
-    if cfg.correspondence.method == "pixels":
-        return PixelFeatures().to(device)
-    return load_model(cfg.correspondence.checkpoint or None, device)[0]
+    return build_model(cfg.correspondence.method, cfg.correspondence.checkpoint or None, device)
 
 
 def propagate_and_crop(video: VideoInput, labels0: Tensor, model: torch.nn.Module, cfg: AdaptConfig,

