@@ -56,7 +56,7 @@ def fuse_batchnorm(module: nn.Module) -> nn.Module:
     recursively and in place; returns ``module``.
 
     For inference only (the running statistics are baked in): the eval-mode function is unchanged, one pass over
-    each activation less (about 10 % of the encoder's time at 480p on CPU). Assumes children are registered in
+    each activation less (480p encoder pass 0.287 -> 0.270 s on a 2-core CPU). Assumes children are registered in
     the order they run, as in ``nn.Sequential`` and torchvision's ResNet blocks.
     """
     names = list(module._modules)

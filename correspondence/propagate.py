@@ -202,7 +202,7 @@ def build_model(method: str, checkpoint: str | None, device):
         return PixelFeatures().to(device)
     model = load_model(checkpoint, device)[0]
     fuse_batchnorm(model.encoder)
-    # NHWC convolutions: the 480p encoder pass is ~15 % faster on CPU (oneDNN) and on GPUs
+    # NHWC convolutions: 480p encoder pass 0.270 -> 0.230 s on a 2-core CPU (oneDNN); not measured on GPUs
     return model.to(memory_format=torch.channels_last)
 
 
