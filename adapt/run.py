@@ -6,7 +6,8 @@ The pipeline, top-down (each stage a function; Li et al., NeurIPS 2020):
   2. crop each frame around its propagated mask; the predictor gives shape, camera and texture flow;
   3. map the parts (and colours) to UV through the texture flows; pool them into video-level UV maps;
   4. fine-tune the predictor on this video (rendered parts / silhouettes vs propagated ones, shared base shape
-     and texture, smooth cameras) — skipped with ``--no-adapt``;
+     and texture, smooth cameras) — skipped with ``--no-adapt``; then refine each frame's mesh and camera by small
+     symmetric offsets and one offset shared by the video, with the same losses (``adapt/refine.py``);
   5. export meshes, animation, cameras, masks, parts, overlay and a report into ``--out`` (atomically).
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .export import PixelCamera, camera_entry, camera_to_pixels, export_sequence
 from .inputs import DEMO_MASK, DEMO_VIDEO, grabcut, parse_box, read_mask, read_video, resize_mask
 from .optimize import adapt_predictor, predict_frames, video_maps
 from .outputs import project_to_ndc, write_masks, write_overlay, write_parts, write_report
+from .refine import refine_frames
 from .stages import cached_propagate_and_crop, first_frame_labels, guess_first_mask
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "adapt.yaml"
@@ -87,6 +89,11 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     # 5. Export.
     pred = predict_frames(predictor, crops.images)
     final = video_maps(pred, crops)
+    refine_history = []
+    if not args.no_adapt:
+        pred, refine_history = refine_frames(pred, crops, final, predictor.template.sym, cfg.optim, cfg.loss,
+                                             cfg.seed)
+    lap("refine")
     processed_wh = (crops.frame_hw[1], crops.frame_hw[0])
     rotation, scale, translation = camera_to_pixels(pred.cams, crops.boxes, video.original_size, processed_wh)
     texture = (final.texture.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
@@ -103,7 +110,7 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     lap("export")
     report = {"input": str(args.input), "frames": len(video.frames), "fps": video.fps,
               "adapted": not args.no_adapt, "settings": config_to_dict(cfg), "timings_s": timings,
-              "losses": history, "warnings": warnings, "vanished_frames": vanished,
+              "losses": history, "refine_losses": refine_history, "warnings": warnings, "vanished_frames": vanished,
               "propagation_reused": reused}
     write_report(out / "report.json", report)
     return report

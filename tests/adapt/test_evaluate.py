@@ -267,8 +267,8 @@ def test_cli_runs_the_real_pipeline_on_a_tiny_clip(tmp_path):
         write_annotation(root / "Annotations/480p/demo" / f"{t:05d}.png", mask.astype(np.uint8))
     (root / "list.txt").write_text("demo\n")
     sets = ["correspondence.method=pixels", "propagation.use_bf16=false", "input.max_side=160", "optim.iterations=2",
-            "optim.batch_size=3", "optim.render_size=32", "parts.num_parts=4", "export.overlay=false",
-            f"predictor.checkpoint={checkpoint}"]
+            "optim.refine_iterations=3", "optim.batch_size=3", "optim.render_size=32", "parts.num_parts=4",
+            "export.overlay=false", f"predictor.checkpoint={checkpoint}"]
     out = tmp_path / "eval"
     evaluate.main(["--davis", str(root), "--list", "list.txt", "--out", str(out), "--max-frames", "3",
                    *[a for s in sets for a in ("--set", s)]])

@@ -24,7 +24,8 @@ from mesh_recon.predictor import MeshPredictor
 from mesh_recon.predictor_config import CMRConfig
 
 FAST = ["correspondence.method=pixels", "propagation.use_bf16=false", "input.max_side=160", "optim.iterations=2",
-        "optim.batch_size=3", "optim.render_size=32", "parts.num_parts=4", "export.overlay=true"]
+        "optim.refine_iterations=3", "optim.batch_size=3", "optim.render_size=32", "parts.num_parts=4",
+        "export.overlay=true"]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,8 @@ def test_end_to_end_outputs_exist_parse_and_agree(tmp_path, clip, predictor_chec
     cameras = json.loads((out / "cameras.json").read_text())
     assert (cameras["width"], cameras["height"]) == (W, H) and len(cameras["frames"]) == 5
     report = json.loads((out / "report.json").read_text())
-    assert report["frames"] == 5 and len(report["losses"]) == 2 and set(report["timings_s"]) >= {"adapt", "export"}
+    assert report["frames"] == 5 and len(report["losses"]) == 2 and len(report["refine_losses"]) == 3
+    assert set(report["timings_s"]) >= {"adapt", "refine", "export"}
     assert read_frames(out / "overlay.mp4").shape[0] == 5
     # The cameras reproduce the exported masks: fill the projected triangles independently (OpenCV).
     for t in (0, 4):
