@@ -86,7 +86,7 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     # 4. Online adaptation.
     history = [] if args.no_adapt else adapt_predictor(predictor, crops, maps, cfg.optim, cfg.loss, cfg.seed)
     lap("adapt")
-    # 5. Export.
+    # 4b. The adapted predictions, then per-frame refinement (pooled maps and base shape from the adapted model).
     pred = predict_frames(predictor, crops.images)
     final = video_maps(pred, crops)
     refine_history = []
@@ -94,6 +94,7 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
         pred, refine_history = refine_frames(pred, crops, final, predictor.template.sym, cfg.optim, cfg.loss,
                                              cfg.seed)
     lap("refine")
+    # 5. Export.
     processed_wh = (crops.frame_hw[1], crops.frame_hw[0])
     rotation, scale, translation = camera_to_pixels(pred.cams, crops.boxes, video.original_size, processed_wh)
     texture = (final.texture.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
