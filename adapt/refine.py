@@ -53,12 +53,12 @@ def refine_frames(pred: Prediction, crops: VideoCrops, maps: VideoMaps, sym: Sym
     Each step takes a random window of ``cfg.batch_size`` consecutive frames (as the adaptation does), so the
     temporal terms see neighbours. Returns the refined Prediction of all T frames and the loss history.
     """
-    T = len(crops.images)
-    offsets = torch.zeros(T, sym.num_centre + sym.num_right, 3, device=pred.verts.device, requires_grad=True)
-    cam_deltas = torch.zeros(T, 7, device=pred.verts.device, requires_grad=True)
-    shared = torch.zeros(1, sym.num_centre + sym.num_right, 3, device=pred.verts.device, requires_grad=True)
     if cfg.refine_iterations <= 0:
         return pred, []
+    T, num_free, device = len(crops.images), sym.num_centre + sym.num_right, pred.verts.device
+    offsets = torch.zeros(T, num_free, 3, device=device, requires_grad=True)
+    cam_deltas = torch.zeros(T, 7, device=device, requires_grad=True)
+    shared = torch.zeros(1, num_free, 3, device=device, requires_grad=True)
     optimizer = torch.optim.Adam([offsets, cam_deltas, shared], lr=cfg.refine_lr)
     renderer = SoftRenderer(SoftRenderSettings(image_size=cfg.refine_render_size, sigma=cfg.sigma, gamma=cfg.gamma))
     laplacian = uniform_laplacian(pred.faces, len(maps.base)).to(device=maps.base.device, dtype=maps.base.dtype)
