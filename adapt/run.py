@@ -81,16 +81,17 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
         print(f"warning: {warnings[-1]}", flush=True)
     lap("propagate")
     # 2-3. Per-frame predictions, video-level UV maps.
-    maps = video_maps(predict_frames(predictor, crops.images), crops)
+    pred = predict_frames(predictor, crops.images)
+    maps = video_maps(pred, crops)
     lap("predict")
     # 4. Online adaptation.
     history = [] if args.no_adapt else adapt_predictor(predictor, crops, maps, cfg.optim, cfg.loss, cfg.seed)
     lap("adapt")
     # 4b. The adapted predictions, then per-frame refinement (pooled maps and base shape from the adapted model).
-    pred = predict_frames(predictor, crops.images)
-    final = video_maps(pred, crops)
-    refine_history = []
-    if not args.no_adapt:
+    final, refine_history = maps, []
+    if not args.no_adapt:  # the frame-wise baseline keeps the predictions and maps of steps 2-3
+        pred = predict_frames(predictor, crops.images)
+        final = video_maps(pred, crops)
         pred, refine_history = refine_frames(pred, crops, final, predictor.template.sym, cfg.optim, cfg.loss,
                                              cfg.seed)
     lap("refine")
