@@ -62,7 +62,8 @@ def first_frame_labels(frame: np.ndarray, mask: np.ndarray, cfg: AdaptConfig) ->
 
 def propagation_model(cfg: AdaptConfig, device) -> torch.nn.Module:
     """The correspondence model named by the config (``pixels`` = no learned model)."""
-    return build_model(cfg.correspondence.method, cfg.correspondence.checkpoint or None, device)
+    return build_model(cfg.correspondence.method, cfg.correspondence.checkpoint or None, device,
+                       cfg.propagation.pixel_stride)
 
 
 def propagate_and_crop(video: VideoInput, labels0: Tensor, model: torch.nn.Module, cfg: AdaptConfig,

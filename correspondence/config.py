@@ -67,6 +67,7 @@ class PropagationConfig:
     chunk_size: int = 2048  # target positions per affinity chunk (bounds memory)
     # joint: one top-k over the candidates of all context frames; average: a top-k per frame, frames averaged (UVC)
     context_mixing: Literal["joint", "average"] = "joint"
+    pixel_stride: int = 8  # grid of the ``pixels`` method, in pixels (4 keeps thin parts; the learned model is 8)
     use_bf16: bool = True  # bfloat16 encoder + matching on CPUs with native bf16 (2x faster, same labels)
 
 

@@ -59,7 +59,7 @@ def _first_labels(seq) -> np.ndarray:
 def evaluate(davis_root: str, list_file: str, out: Path, method: str, checkpoint: str | None,
              cfg: PropagationConfig, device: str = "auto") -> tuple[float, float, float]:
     """Run the benchmark into ``out`` (an existing, empty folder); return global (J&F, J, F)."""
-    model = None if method == "copy" else build_model(method, checkpoint, resolve_device(device))
+    model = None if method == "copy" else build_model(method, checkpoint, resolve_device(device), cfg.pixel_stride)
     rows, per_seq = [], []
     for name in read_sequence_list(davis_root, list_file):
         seq = load_sequence(davis_root, name)

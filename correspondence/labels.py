@@ -22,19 +22,25 @@ def soft_to_index(soft: torch.Tensor) -> np.ndarray:
 
 
 class PixelFeatures(nn.Module):
-    """The no-learning baseline: 3 x 3 neighbourhoods of stride-8 Lab colours as features (27-d, normalized).
+    """The no-learning baseline: 3 x 3 neighbourhoods of stride-s Lab colours as features (27-d, normalized).
+
+    Stride 8 matches the learned encoder's grid (the benchmark protocol); stride 4 keeps thin parts such as a
+    flamingo's legs (birds_dev J 0.838 -> 0.883) for 3x the propagation time.
 
     Colours are Lab / 100, not centred: with L centred on mid-grey, cosine similarity of dim patches is dominated
     by noise (birds_dev J&F 0.67 centred vs 0.86 uncentred). Same interface as the learned model
     (``features(lab)``), so one propagation function serves both.
     """
 
-    def __init__(self):
+    def __init__(self, stride: int = 8):
         super().__init__()
+        if stride < 1:
+            raise ValueError(f"stride: expected >= 1, got {stride}")
+        self.stride = stride
         self.register_buffer("anchor", torch.zeros(1))  # gives the module a device
 
     def features(self, lab: torch.Tensor) -> torch.Tensor:
-        """Lab (B, 3, H, W) -> (B, 27, ceil(H / 8), ceil(W / 8)) L2-normalized."""
-        pooled = F.avg_pool2d(lab / 100.0, 8, stride=8, ceil_mode=True)
+        """Lab (B, 3, H, W) -> (B, 27, ceil(H / s), ceil(W / s)) L2-normalized, s = ``stride``."""
+        pooled = F.avg_pool2d(lab / 100.0, self.stride, stride=self.stride, ceil_mode=True)
         patches = F.unfold(F.pad(pooled, (1, 1, 1, 1), mode="replicate"), 3)
         return F.normalize(patches.view(lab.shape[0], 27, *pooled.shape[-2:]), dim=1)

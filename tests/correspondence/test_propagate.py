@@ -73,6 +73,27 @@ def test_translated_video_moves_the_mask_with_pixel_features():
 
 
 
+def test_stride_4_pixel_features_keep_a_thin_moving_bar():
+    # A 6-px-wide bar moving 4 px per frame over a smooth background: on the stride-8 grid it never fills a cell
+    # and blurs into the background; on the stride-4 grid it is followed (the flamingo-leg case).
+    ys, xs = np.mgrid[0:64, 0:96]
+    background = np.stack([60 + xs, 80 + ys, 120 + 0 * xs], -1).astype(np.uint8)
+    frames, masks = [], []
+    for t in range(4):
+        frame, mask = background.copy(), np.zeros((64, 96), np.int64)
+        x0 = 40 + 4 * t
+        frame[8:56, x0:x0 + 6] = (230, 40, 150)
+        mask[8:56, x0:x0 + 6] = 1
+        frames.append(frame)
+        masks.append(mask)
+    cfg = PropagationConfig(context_previous=2, topk=3, radius=3.0, temperature=0.01, use_bf16=False)
+    ious = {}
+    for stride in (4, 8):
+        predicted = soft_to_index(propagate_labels(frames, index_to_soft(masks[0]), PixelFeatures(stride), cfg)[3])
+        ious[stride] = ((predicted == 1) & (masks[3] == 1)).sum() / ((predicted == 1) | (masks[3] == 1)).sum()
+    assert ious[4] > 0.9 and ious[4] > ious[8] + 0.3
+
+
 @pytest.mark.parametrize("first_frame_global", [False, True])
 def test_first_frame_is_matched_within_the_radius_unless_global(first_frame_global):
     # The texture jumps 5 cells between frames; with radius 2 a local match cannot reach the first frame's
@@ -169,12 +190,14 @@ def test_average_mixing_gives_each_context_frame_an_equal_vote():
     assert torch.allclose(joint.sum(0), torch.ones(2, 3)) and set(joint.unique().tolist()) <= {0.0, 1.0}
 
 
-def test_pixel_features_are_normalized_uncentred_lab_neighbourhoods():
-    lab = torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(3)) * torch.tensor([100.0, 60, 60]).view(
-        1, 3, 1, 1) - torch.tensor([0.0, 30, 30]).view(1, 3, 1, 1)
-    feats = PixelFeatures().features(lab)
+@pytest.mark.parametrize("stride", [8, 4])
+def test_pixel_features_are_normalized_uncentred_lab_neighbourhoods(stride):
+    lab = torch.rand(1, 3, 3 * stride, 4 * stride, generator=torch.Generator().manual_seed(3)) * torch.tensor(
+        [100.0, 60, 60]).view(1, 3, 1, 1) - torch.tensor([0.0, 30, 30]).view(1, 3, 1, 1)
+    feats = PixelFeatures(stride).features(lab)
     assert feats.shape == (1, 27, 3, 4)
-    # by hand at cell (1, 2): the 8 x 8 mean colours of the 3 x 3 cells around it, Lab / 100, unit length
-    cells = [lab[0, :, 8 * i:8 * i + 8, 8 * j:8 * j + 8].mean(dim=(1, 2)) / 100 for i in range(3) for j in range(1, 4)]
+    # by hand at cell (1, 2): the mean colours of the 3 x 3 cells around it, Lab / 100, unit length
+    s = stride
+    cells = [lab[0, :, s * i:s * i + s, s * j:s * j + s].mean(dim=(1, 2)) / 100 for i in range(3) for j in range(1, 4)]
     expected = torch.stack(cells, dim=1).flatten()  # channel-major, like unfold
     assert torch.allclose(feats[0, :, 1, 2], expected / expected.norm(), atol=1e-6)
