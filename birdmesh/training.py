@@ -58,6 +58,26 @@ def append_csv_row(path: str | Path, row: dict) -> None:
         writer.writerow(row)
 
 
+def drop_csv_rows_after(path: str | Path, step: int) -> None:
+    """Keep the rows of a CSV log up to ``step`` (its ``step`` column): a run resumed from an earlier checkpoint
+    then logs the lost steps once, not twice. Rewritten atomically; a missing file is left alone."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, list(reader)
+    kept = [row for row in rows if int(row["step"]) <= step]
+    if fields is None or len(kept) == len(rows):
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept)
+    os.replace(tmp, path)
+
+
 def replicas_identical(module: torch.nn.Module, world: int) -> bool:
     """True when every rank holds the same parameters (a checksum compared with all_reduce MIN/MAX)."""
     if world == 1:

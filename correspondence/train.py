@@ -18,7 +18,7 @@ from birdmesh.color import rgb_to_lab
 from birdmesh.checkpoint import read_checkpoint, save_checkpoint
 from birdmesh.config import config_to_dict
 from birdmesh.errors import cli_entry
-from birdmesh.training import (append_csv_row, cleanup_distributed, replicas_identical,
+from birdmesh.training import (append_csv_row, cleanup_distributed, drop_csv_rows_after, replicas_identical,
                                start_training, training_main, wrap_distributed)
 
 from .checkpoint import export_weights
@@ -68,6 +68,7 @@ def train(cfg: UVCConfig, max_steps: int | None = None) -> Path:
         step = int(ckpt["step"])
         if rank == 0:
             print(f"resumed from {ckpt_path} at step {step}", flush=True)
+            drop_csv_rows_after(out / "log.csv", step)
     dataset = FramePairs(cache_files, cfg.data, seed=cfg.train.seed)
     batches = infinite_loader(dataset, cfg.train.batch_size, cfg.data.workers, step, rank, world)
     ae_net, uvc_net = wrap_distributed(model.autoencoder, world, device), None

@@ -18,7 +18,8 @@ from tqdm import tqdm
 from birdmesh.checkpoint import read_checkpoint, save_checkpoint
 from birdmesh.config import config_to_dict
 from birdmesh.errors import cli_entry
-from birdmesh.training import append_csv_row, cleanup_distributed, start_training, training_main, wrap_distributed
+from birdmesh.training import (append_csv_row, cleanup_distributed, drop_csv_rows_after, start_training, training_main,
+                               wrap_distributed)
 
 from .checkpoint import VERSION, export_weights
 from .losses import mask_barrier, predictor_losses
@@ -133,6 +134,7 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank
         optimizer.load_state_dict(ckpt["optimizer"])
     if rank == 0:
         print(f"resumed from {path} at step {ckpt['step']}", flush=True)
+        drop_csv_rows_after(path.parent / "log.csv", int(ckpt["step"]))
     return int(ckpt["step"])
 
 

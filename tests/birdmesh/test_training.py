@@ -1,7 +1,9 @@
+import csv
+
 import torch
 
 from birdmesh.checkpoint import read_checkpoint, save_checkpoint
-from birdmesh.training import seed_run_from_weights
+from birdmesh.training import append_csv_row, drop_csv_rows_after, seed_run_from_weights
 
 
 def test_init_from_weights_seeds_a_run_once(tmp_path):
@@ -21,3 +23,18 @@ def test_init_from_weights_seeds_a_run_once(tmp_path):
     save_checkpoint(last, {}, {"w": torch.zeros(2)}, step=900)
     seed_run_from_weights(weights, last)
     assert read_checkpoint(last)["step"] == 900
+
+
+def test_resume_drops_log_rows_of_the_lost_steps(tmp_path):
+    log = tmp_path / "log.csv"
+    for step in (25, 50, 75, 100):  # the run logged up to 100, then died; its checkpoint holds step 50
+        append_csv_row(log, {"step": step, "loss": f"{1 / step:.5f}"})
+    drop_csv_rows_after(log, 50)
+    with log.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["step"] for row in rows] == ["25", "50"] and rows[1]["loss"] == "0.02000"
+    append_csv_row(log, {"step": 75, "loss": "0.5"})  # the resumed run logs step 75 once
+    with log.open(newline="") as f:
+        assert [row["step"] for row in csv.DictReader(f)] == ["25", "50", "75"]
+    drop_csv_rows_after(tmp_path / "missing.csv", 10)  # a run without a log yet
+    assert not (tmp_path / "missing.csv").exists()
