@@ -24,7 +24,8 @@ def _is_dataclass_type(tp: Any) -> bool:
 
 
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
+    """Check ``value`` against the annotation ``tp``; ints and numeric strings are accepted where floats are
+    expected."""
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
@@ -63,6 +64,12 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         return _build(tp, value, key + ".", source)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads exponents without a dot (1e-3, 5E4) as strings; users write them for learning rates
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is bool and not isinstance(value, bool):
         raise UserError(f"{source}: key '{key}' expects true/false, got {value!r}")
     if tp in (int, float, str) and (not isinstance(value, tp) or isinstance(value, bool)):

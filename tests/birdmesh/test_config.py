@@ -42,6 +42,18 @@ def test_unknown_key_is_an_error_naming_key_and_file(tmp_path):
         load_config(Job, None, ["sed=1"])
 
 
+def test_exponent_floats_are_floats_in_files_and_overrides(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("optim:\n  lr: 3e-4\n")  # YAML 1.1 reads this as the string '3e-4'
+    assert load_config(Job, path).optim.lr == 3e-4
+    cfg = load_config(Job, None, ["optim.lr=1e-3", "optim.betas=[5E-1, 1e0]"])
+    assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float) and cfg.optim.betas == (0.5, 1.0)
+    with pytest.raises(UserError, match=r"key 'optim.lr' expects float, got 'fast'"):
+        load_config(Job, None, ["optim.lr=fast"])
+    with pytest.raises(UserError, match=r"key 'name' expects str, got 0.001"):
+        load_config(Job, None, ["name=0.001"])
+
+
 def test_wrong_types_are_errors_naming_the_key(tmp_path):
     with pytest.raises(UserError, match=r"key 'optim.steps' expects int, got 'many'"):
         load_config(Job, None, ["optim.steps=many"])
