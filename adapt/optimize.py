@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -120,28 +121,44 @@ def adaptation_losses(pred: Prediction, crops: VideoCrops, frames: Tensor, maps:
     return loss, {name: float(value.detach()) for name, value in terms.items()}
 
 
+def frame_windows(num_frames: int, batch_size: int, seed: int) -> Iterator[np.ndarray]:
+    """Endless windows of consecutive frame indices that visit every frame equally often.
+
+    Each pass cuts the video into windows of ``batch_size`` frames at a random phase (the first and last window
+    may be shorter) and yields them in random order. Uniform window starts would visit the first and last
+    ``batch_size - 1`` frames up to ``batch_size`` times less often than the others (frame 0 only in windows
+    starting at 0), leaving the ends of the video barely fitted.
+    """
+    rng = np.random.default_rng(seed)
+    B = max(1, min(batch_size, num_frames))
+    while True:
+        phase = int(rng.integers(0, B)) if B < num_frames else 0
+        bounds = sorted({0, *range(phase, num_frames, B), num_frames})
+        windows = [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+        for i in rng.permutation(len(windows)):
+            yield windows[i]
+
+
 def adapt_predictor(model: MeshPredictor, crops: VideoCrops, maps: VideoMaps, cfg: OptimConfig,
                     weights: LossWeights, seed: int = 0) -> list[dict]:
     """Fine-tune the predictor on one video; returns the loss history (one dict per step).
 
-    Each step takes a random window of ``batch_size`` consecutive frames. The model stays in eval mode
-    (BatchNorm keeps its training statistics: a window of one video is not a representative batch). The shared
-    base shape follows the predicted shapes as a running average.
+    Each step takes a window of up to ``batch_size`` consecutive frames (``frame_windows``). The model stays in
+    eval mode (BatchNorm keeps its training statistics: a window of one video is not a representative batch).
+    The shared base shape follows the predicted shapes as a running average.
     """
     params = select_parameters(model, cfg.layers)
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     renderer = SoftRenderer(SoftRenderSettings(image_size=cfg.render_size, sigma=cfg.sigma, gamma=cfg.gamma))
     laplacian = uniform_laplacian(model.faces, len(maps.base)).to(device=maps.base.device, dtype=maps.base.dtype)
-    rng = np.random.default_rng(seed)
-    T, B = len(crops.images), min(cfg.batch_size, len(crops.images))
+    windows = frame_windows(len(crops.images), cfg.batch_size, seed)
     base = maps.base.clone()
     history = []
     model.eval()
     bar = tqdm(range(cfg.iterations), desc="adapt", unit="step")
     for step in bar:
         tic = time.time()
-        start = int(rng.integers(0, T - B + 1))
-        frames = torch.arange(start, start + B, device=crops.images.device)
+        frames = torch.from_numpy(next(windows)).to(crops.images.device)
         pred = model(crops.images[frames])
         loss, stats = adaptation_losses(pred, crops, frames, VideoMaps(maps.parts, maps.texture, base), renderer,
                                         laplacian, weights)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -23,7 +22,7 @@ from mesh_recon.predictor import Prediction
 from mesh_recon.render import SoftRenderer, SoftRenderSettings
 
 from .config import LossWeights, OptimConfig
-from .optimize import VideoCrops, VideoMaps, adaptation_losses
+from .optimize import VideoCrops, VideoMaps, adaptation_losses, frame_windows
 
 
 def apply_corrections(pred: Prediction, offsets: Tensor, cam_deltas: Tensor, sym: SymmetricMesh) -> Prediction:
@@ -50,8 +49,8 @@ def refine_frames(pred: Prediction, crops: VideoCrops, maps: VideoMaps, sym: Sym
                   weights: LossWeights, seed: int = 0) -> tuple[Prediction, list[dict]]:
     """Optimize per-frame offsets, camera corrections and a shared offset for ``cfg.refine_iterations`` steps.
 
-    Each step takes a random window of ``cfg.batch_size`` consecutive frames (as the adaptation does), so the
-    temporal terms see neighbours. Returns the refined Prediction of all T frames and the loss history.
+    Each step takes a window of up to ``cfg.batch_size`` consecutive frames (``frame_windows``, as the adaptation
+    does), so the temporal terms see neighbours. Returns the refined Prediction of all T frames and the loss history.
     """
     if cfg.refine_iterations <= 0:
         return pred, []
@@ -62,14 +61,12 @@ def refine_frames(pred: Prediction, crops: VideoCrops, maps: VideoMaps, sym: Sym
     optimizer = torch.optim.Adam([offsets, cam_deltas, shared], lr=cfg.refine_lr)
     renderer = SoftRenderer(SoftRenderSettings(image_size=cfg.refine_render_size, sigma=cfg.sigma, gamma=cfg.gamma))
     laplacian = uniform_laplacian(pred.faces, len(maps.base)).to(device=maps.base.device, dtype=maps.base.dtype)
-    rng = np.random.default_rng(seed + 1)
-    B, history = min(cfg.batch_size, T), []
+    windows, history = frame_windows(T, cfg.batch_size, seed + 1), []
     fixed = dataclasses.replace(pred, verts=pred.verts.detach(), cams=pred.cams.detach())
     bar = tqdm(range(cfg.refine_iterations), desc="refine", unit="step")
     for step in bar:
         tic = time.time()
-        start = int(rng.integers(0, T - B + 1))
-        frames = torch.arange(start, start + B, device=crops.images.device)
+        frames = torch.from_numpy(next(windows)).to(crops.images.device)
         window = apply_corrections(_select(fixed, frames), offsets[frames] + shared, cam_deltas[frames], sym)
         shared_v = symmetrize_vertices(shared, sym)
         window_maps = VideoMaps(maps.parts, maps.texture, maps.base + shared_v[0])

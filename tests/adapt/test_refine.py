@@ -1,10 +1,12 @@
 """Per-frame refinement: corrections are mirror-symmetric and recover a known camera shift."""
 import dataclasses
 
+import numpy as np
+import pytest
 import torch
 
 from adapt.config import LossWeights, OptimConfig
-from adapt.optimize import VideoCrops, predict_frames, video_maps
+from adapt.optimize import VideoCrops, frame_windows, predict_frames, video_maps
 from adapt.refine import apply_corrections, refine_frames
 from birdmesh.metrics import mask_iou
 from mesh_recon.predictor import MeshPredictor, project_vertices
@@ -52,3 +54,22 @@ def test_refinement_recovers_a_shifted_silhouette():
     after = mask_iou(render_hard(project_vertices(refined), pred.faces, S).mask, target)[:, 0]
     assert len(history) == 80 and history[-1]["silhouette"] < 0.5 * history[0]["silhouette"]
     assert float(before.mean()) < 0.8 and float(after.mean()) > 0.9
+
+
+@pytest.mark.parametrize("num_frames, batch_size", [(80, 8), (10, 4), (3, 8), (1, 8)])
+def test_frame_windows_are_consecutive_and_visit_every_frame_equally(num_frames, batch_size):
+    windows = frame_windows(num_frames, batch_size, seed=0)
+    counts = np.zeros(num_frames, int)
+    passes = 0
+    while passes < 50:
+        covered = np.zeros(num_frames, int)
+        while covered.sum() < num_frames:  # one pass covers each frame exactly once
+            window = next(windows)
+            assert 1 <= len(window) <= batch_size and np.array_equal(window, np.arange(window[0], window[-1] + 1))
+            covered[window] += 1
+        assert (covered == 1).all()
+        counts += covered
+        passes += 1
+    assert (counts == 50).all()
+    a, b = frame_windows(num_frames, batch_size, seed=3), frame_windows(num_frames, batch_size, seed=3)
+    assert all(np.array_equal(next(a), next(b)) for _ in range(20))  # the same seed, the same schedule
