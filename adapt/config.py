@@ -4,15 +4,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from birdmesh.config import Count, Fraction, NonNegative, NonNegativeInt, Positive
 from correspondence.config import PropagationConfig
 
 
 @dataclass(frozen=True)
 class InputConfig:
-    max_side: int = 854  # frames are resized so their longer side is at most this (854 = DAVIS 480p)
-    max_frames: int = 0  # use at most this many frames (0 = all)
-    stride: int = 1  # keep every n-th frame
-    grabcut_iterations: int = 5  # OpenCV GrabCut iterations for --box and the automatic first mask
+    max_side: Count = 854  # frames are resized so their longer side is at most this (854 = DAVIS 480p)
+    max_frames: NonNegativeInt = 0  # use at most this many frames (0 = all)
+    stride: Count = 1  # keep every n-th frame
+    grabcut_iterations: Count = 5  # OpenCV GrabCut iterations for --box and the automatic first mask
 
 
 @dataclass(frozen=True)
@@ -25,51 +26,51 @@ class CorrespondenceSettings:
 
 @dataclass(frozen=True)
 class PartsConfig:
-    num_parts: int = 10  # K random parts drawn on the first frame (k-means inside the mask)
-    color_weight: float = 0.5  # weight of Lab colour against position in the k-means features
-    min_area: float = 0.002  # a frame whose propagated mask covers less than this fraction is "vanished"
+    num_parts: Count = 10  # K random parts drawn on the first frame (k-means inside the mask)
+    color_weight: NonNegative = 0.5  # weight of Lab colour against position in the k-means features
+    min_area: Fraction = 0.002  # a frame whose propagated mask covers less than this fraction is "vanished"
 
 
 @dataclass(frozen=True)
 class PredictorSettings:
     checkpoint: str = ""  # mesh predictor weights ("" = the shipped mesh_recon/weights/cmr_bird_cpu.pt)
-    crop_padding: float = 0.2  # margin around the mask's box in the predictor's square crop (as in training)
+    crop_padding: NonNegative = 0.2  # margin around the mask's box in the predictor's square crop (as in training)
 
 
 @dataclass(frozen=True)
 class LossWeights:
-    part_map: float = 1.0  # rendered vs propagated per-part maps, each normalized by its maximum
-    part_centre: float = 1.0  # distance between rendered and propagated part centres (NDC)
-    silhouette: float = 5.0  # soft silhouette vs propagated mask (MSE); 2 -> 5 raised birds_dev IoU 0.716 -> 0.724
-    texture: float = 0.5  # shared video texture rendered vs the frame (masked L1)
-    arap: float = 0.3  # ARAP energy between each frame's mesh and the shared base shape (birds_dev: 1 -> 0.3
+    part_map: NonNegative = 1.0  # rendered vs propagated per-part maps, each normalized by its maximum
+    part_centre: NonNegative = 1.0  # distance between rendered and propagated part centres (NDC)
+    silhouette: NonNegative = 5.0  # soft silhouette vs propagated mask (MSE); 2 -> 5: birds_dev IoU 0.716 -> 0.724
+    texture: NonNegative = 0.5  # shared video texture rendered vs the frame (masked L1)
+    arap: NonNegative = 0.3  # ARAP energy between each frame's mesh and the shared base shape (birds_dev: 1 -> 0.3
     # raised the adapted IoU 0.762 -> 0.770 and consistency d=10 0.732 -> 0.743; 0.1 gave 0.763)
-    laplacian: float = 1.0  # Laplacian of the residual (frame mesh - base shape)
-    camera_smooth: float = 1.0  # consecutive-frame camera change (pixels / frame size, quaternion)
-    residual_smooth: float = 1.0  # consecutive-frame change of the residual
+    laplacian: NonNegative = 1.0  # Laplacian of the residual (frame mesh - base shape)
+    camera_smooth: NonNegative = 1.0  # consecutive-frame camera change (pixels / frame size, quaternion)
+    residual_smooth: NonNegative = 1.0  # consecutive-frame change of the residual
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    iterations: int = 150  # adaptation steps over mini-batches of consecutive frames
-    batch_size: int = 8  # frames per step (a contiguous window)
-    lr: float = 5e-5  # Adam learning rate of the adapted weights
+    iterations: NonNegativeInt = 150  # adaptation steps over mini-batches of consecutive frames
+    batch_size: Count = 8  # frames per step (a contiguous window)
+    lr: Positive = 5e-5  # Adam learning rate of the adapted weights
     layers: str = "all"  # which predictor weights adapt: all | heads | encoder (prefix list, comma separated)
-    render_size: int = 64  # side of the soft renders compared with the propagated labels
-    sigma: float = 1e-4  # SoftRas coverage sharpness (NDC^2)
-    gamma: float = 1e-4  # SoftRas depth temperature
-    base_momentum: float = 0.9  # running average of the shared base shape (per step)
+    render_size: Count = 64  # side of the soft renders compared with the propagated labels
+    sigma: Positive = 1e-4  # SoftRas coverage sharpness (NDC^2)
+    gamma: Positive = 1e-4  # SoftRas depth temperature
+    base_momentum: Fraction = 0.9  # running average of the shared base shape (per step)
     # per-frame refinement after the adaptation (adapt/refine.py): symmetric vertex offsets + camera corrections
     # + one offset shared by the video; birds_dev adapted IoU 0.712 -> 0.767 with the step-15500 predictor
-    refine_iterations: int = 600  # steps over windows of batch_size frames (0 = off)
-    refine_lr: float = 3e-3  # Adam learning rate of the offsets (canonical units) and camera corrections
-    refine_render_size: int = 64  # side of the soft renders during the refinement
+    refine_iterations: NonNegativeInt = 600  # steps over windows of batch_size frames (0 = off)
+    refine_lr: Positive = 3e-3  # Adam learning rate of the offsets (canonical units) and camera corrections
+    refine_render_size: Count = 64  # side of the soft renders during the refinement
 
 
 @dataclass(frozen=True)
 class ExportConfig:
     overlay: bool = True  # write overlay.mp4
-    overlay_max_side: int = 640  # longer side of each half of overlay.mp4 (frames are shrunk to fit)
+    overlay_max_side: Count = 640  # longer side of each half of overlay.mp4 (frames are shrunk to fit)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Typed job configs: YAML files loaded into frozen dataclasses, with validated ``--set a.b=value`` overrides.
 
 Every job defines its config as nested frozen dataclasses with documented defaults. ``load_config`` starts from
-those defaults, merges the YAML file, then the command-line overrides; an unknown key or a value of the wrong type
-is a ``UserError`` naming the key and the file.
+those defaults, merges the YAML file, then the command-line overrides; an unknown key, a value of the wrong type or
+out of its range (``Annotated[int, Bounds(...)]``, e.g. ``Count``) is a ``UserError`` naming the key and the file.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
 
@@ -19,8 +19,41 @@ from .errors import UserError
 T = TypeVar("T")
 
 
+class OutOfRange(UserError):
+    """A value of the right type outside its ``Bounds``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """Allowed range of a numeric config value, attached to its type with ``typing.Annotated``."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: ``low`` itself is excluded
+
+    def check(self, value: float, key: str, source: str) -> None:
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        if too_low or (self.high is not None and value > self.high):
+            low = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+            high = "" if self.high is None else f"<= {self.high:g}"
+            raise OutOfRange(f"{source}: key '{key}' must be {' and '.join(filter(None, (low, high)))}, got {value!r}")
+
+
+Count = Annotated[int, Bounds(low=1)]  # sizes, steps per batch, numbers of things: at least 1
+NonNegativeInt = Annotated[int, Bounds(low=0)]  # counts where 0 means "none" or "off"
+Positive = Annotated[float, Bounds(low=0, low_open=True)]  # learning rates, temperatures, scales
+NonNegative = Annotated[float, Bounds(low=0)]  # loss weights, margins
+Fraction = Annotated[float, Bounds(low=0, high=1)]
+
+
 def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
@@ -28,6 +61,13 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     expected."""
     origin = typing.get_origin(tp)
     if tp is Any:
+        return value
+    if origin is Annotated:
+        base, *extras = typing.get_args(tp)
+        value = _coerce(value, base, key, source)
+        for bounds in extras:
+            if isinstance(bounds, Bounds) and value is not None:
+                bounds.check(value, key, source)
         return value
     if origin is typing.Literal:
         if value not in typing.get_args(tp):
@@ -43,9 +83,11 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
                 continue
             try:
                 return _coerce(value, option, key, source)
+            except OutOfRange:
+                raise  # the type matched: the range is what to report
             except UserError:
                 pass
-        raise UserError(f"{source}: key '{key}' expects {tp}, got {value!r}")
+        raise UserError(f"{source}: key '{key}' expects {' or '.join(map(_type_name, options))}, got {value!r}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{source}: key '{key}' expects a list, got {value!r}")
@@ -79,7 +121,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
 
 def _build(cls: type[T], values: dict, prefix: str, source: str, base: T | None = None) -> T:
     """Build dataclass ``cls`` from ``base`` (or its defaults) updated with ``values``."""
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for name in values:
         if name not in fields:

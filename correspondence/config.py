@@ -4,39 +4,41 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from birdmesh.config import Count, NonNegative, NonNegativeInt, Positive
+
 
 @dataclass(frozen=True)
 class ModelConfig:
     use_layer4: bool = False  # keep ResNet-18 layer4 (stride 1, 512-d, UVC) or stop after layer3 (256-d, CRW)
-    temperature: float = 0.07  # softmax temperature of the affinity between L2-normalized features
-    ae_channels: int = 64  # width of the colour autoencoder's stride-8 code
+    temperature: Positive = 0.07  # softmax temperature of the affinity between L2-normalized features
+    ae_channels: Count = 64  # width of the colour autoencoder's stride-8 code
 
 
 @dataclass(frozen=True)
 class LossConfig:
     lab_weights: tuple[float, float, float] = (1.0, 10.0, 10.0)  # L1 weights of L, a, b (UVC: 1 / 10 / 10)
-    color_switch: float = 0.1  # orthogonal regularization in colour space (reference rebuilt through A^T)
-    concentration: float = 0.3  # window concentration regularizer (UVC --lc 0.3)
-    concentration_window: int = 8  # window of the concentration regularizer, in feature cells
-    coordinate_cycle: float = 0.0  # optional cycle term in coordinate space (0 in UVC's released run)
+    color_switch: NonNegative = 0.1  # orthogonal regularization in colour space (reference rebuilt through A^T)
+    concentration: NonNegative = 0.3  # window concentration regularizer (UVC --lc 0.3)
+    concentration_window: Count = 8  # window of the concentration regularizer, in feature cells
+    coordinate_cycle: NonNegative = 0.0  # optional cycle term in coordinate space (0 in UVC's released run)
     outlier_threshold: Optional[float] = 2.5  # per-sample loss above this is dropped (None = off)
-    outlier_warmup_steps: int = 2000  # no outlier rejection during the first steps of each phase
+    outlier_warmup_steps: NonNegativeInt = 2000  # no outlier rejection during the first steps of each phase
 
 
 @dataclass(frozen=True)
 class DataConfig:
     roots: tuple[str, ...] = ("$DATA/train_videos",)  # folders searched for frame folders and video clips
     cache_dir: str = "runs/frame_cache"  # decoded, downscaled frames (uint8 .npy per video), built once
-    cache_short_side: int = 160  # frames are cached with this short side
-    cache_stride: int = 1  # keep every n-th frame of each video in the cache
-    max_gap: int = 10  # frame pairs are 1..max_gap cached frames apart
-    patch_size: int = 128  # warm-up: both frames cropped to this square size
-    frame_size: int = 192  # phase 2: target frame size (square)
-    ref_patch_size: int = 96  # phase 2: reference patch cropped from the reference frame
-    rotation_deg: float = 10.0  # random rotation of the reference frame
-    target_shift: float = 0.1  # the target's region moves by up to this fraction of its side
+    cache_short_side: Count = 160  # frames are cached with this short side
+    cache_stride: Count = 1  # keep every n-th frame of each video in the cache
+    max_gap: Count = 10  # frame pairs are 1..max_gap cached frames apart
+    patch_size: Count = 128  # warm-up: both frames cropped to this square size
+    frame_size: Count = 192  # phase 2: target frame size (square)
+    ref_patch_size: Count = 96  # phase 2: reference patch cropped from the reference frame
+    rotation_deg: NonNegative = 10.0  # random rotation of the reference frame
+    target_shift: NonNegative = 0.1  # the target's region moves by up to this fraction of its side
     scale_range: tuple[float, float] = (0.8, 1.2)  # random scale of the crops
-    workers: int = 1  # DataLoader worker processes
+    workers: NonNegativeInt = 1  # DataLoader worker processes
 
 
 @dataclass(frozen=True)
@@ -44,30 +46,30 @@ class TrainConfig:
     out_dir: str = "runs/uvc_cpu"
     seed: int = 0
     device: str = "auto"
-    batch_size: int = 8  # per process
-    lr: float = 1e-4
-    ae_steps: int = 1500  # colour autoencoder pretraining steps (then frozen)
-    ae_lr: float = 1e-3
-    warmup_steps: int = 3000  # phase 1: whole-patch reconstruction
-    steps: int = 20000  # total steps of phases 1 + 2
-    checkpoint_every: int = 250
-    log_every: int = 25
-    threads: int = 0  # torch threads per process (0 = leave torch's default)
+    batch_size: Count = 8  # per process
+    lr: Positive = 1e-4
+    ae_steps: NonNegativeInt = 1500  # colour autoencoder pretraining steps (then frozen)
+    ae_lr: Positive = 1e-3
+    warmup_steps: NonNegativeInt = 3000  # phase 1: whole-patch reconstruction
+    steps: NonNegativeInt = 20000  # total steps of phases 1 + 2
+    checkpoint_every: Count = 250
+    log_every: Count = 25
+    threads: NonNegativeInt = 0  # torch threads per process (0 = leave torch's default)
 
 
 @dataclass(frozen=True)
 class PropagationConfig:
-    context_previous: int = 7  # the first frame plus this many previous predictions
-    topk: int = 5  # references kept per target position
+    context_previous: NonNegativeInt = 7  # the first frame plus this many previous predictions
+    topk: Count = 5  # references kept per target position
     radius: float = 12.0  # local window (feature cells) around each target position; <= 0 means global
     # match the first frame over the whole image (UVC's test.py) instead of within ``radius`` like the others
     first_frame_global: bool = False
-    temperature: float = 0.02  # softmax temperature over the top-k similarities
-    max_side: int = 854  # frames are resized so their longer side is at most this
-    chunk_size: int = 2048  # target positions per affinity chunk (bounds memory)
+    temperature: Positive = 0.02  # softmax temperature over the top-k similarities
+    max_side: Count = 854  # frames are resized so their longer side is at most this
+    chunk_size: Count = 2048  # target positions per affinity chunk (bounds memory)
     # joint: one top-k over the candidates of all context frames; average: a top-k per frame, frames averaged (UVC)
     context_mixing: Literal["joint", "average"] = "joint"
-    pixel_stride: int = 8  # grid of the ``pixels`` method, in pixels (4 keeps thin parts; the learned model is 8)
+    pixel_stride: Count = 8  # grid of the ``pixels`` method, in pixels (4 keeps thin parts; the learned model is 8)
     use_bf16: bool = True  # bfloat16 encoder + matching on CPUs with native bf16 (2x faster, same labels)
 
 

@@ -7,41 +7,43 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from birdmesh.config import Count, Fraction, NonNegative, NonNegativeInt, Positive
+
 from .synth import SynthSettings
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    image_size: int = 128  # input side S in pixels (a multiple of 32); CMR used 256
-    feature_dim: int = 200  # image feature shared by the heads (CMR nz_feat)
-    template_level: int = 3  # icosphere subdivisions (3: 642 vertices, 1280 faces)
-    num_keypoints: int = 12  # rows of vert2kp (the synthetic data's avian keypoints)
-    flow_channels: int = 128  # width of the texture-flow decoder's first layer (then /2, /4, /4, /8)
-    scale_prior: float = 0.8  # camera scale predicted as scale_prior * exp(a): the typical synthetic scale
+    image_size: Count = 128  # input side S in pixels (a multiple of 32); CMR used 256
+    feature_dim: Count = 200  # image feature shared by the heads (CMR nz_feat)
+    template_level: NonNegativeInt = 3  # icosphere subdivisions (3: 642 vertices, 1280 faces)
+    num_keypoints: Count = 12  # rows of vert2kp (the synthetic data's avian keypoints)
+    flow_channels: Count = 128  # width of the texture-flow decoder's first layer (then /2, /4, /4, /8)
+    scale_prior: Positive = 0.8  # camera scale predicted as scale_prior * exp(a): the typical synthetic scale
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    mask: float = 2.0  # silhouette MSE (soft render vs mask)
-    keypoint: float = 30.0  # squared NDC error of visible projected keypoints
-    camera: float = 2.0  # 1 - (q . q_gt)^2 + squared scale/translation error, when the batch has GT cameras
-    deform: float = 10.0  # mean |delta v|
-    laplacian: float = 30.0  # mean |L v| (uniform Laplacian) of the predicted vertices
-    vert2kp_entropy: float = 0.16  # entropy of each keypoint's distribution over vertices
-    texture: float = 0.5  # masked L1 between the rendered predicted texture and the image
-    texture_feature: float = 0.5  # LPIPS-like distance of the predictor's own (frozen-for-this-term) stem features
-    texture_dt: float = 0.5  # mask barrier sampled at the texture flow (keeps the flow on the bird)
-    render_size: int = 64  # side of the soft renders the losses compare with (masks/images are area-resized)
-    sigma: float = 1e-4  # SoftRas coverage sharpness (NDC^2)
-    gamma: float = 1e-4  # SoftRas depth softmax temperature
-    barrier_sharpness: float = 50.0  # k of the flow barrier 1 / (1 + exp(-k signed distance / side)) (CMR: 50)
+    mask: NonNegative = 2.0  # silhouette MSE (soft render vs mask)
+    keypoint: NonNegative = 30.0  # squared NDC error of visible projected keypoints
+    camera: NonNegative = 2.0  # 1 - (q . q_gt)^2 + squared scale/translation error, when the batch has GT cameras
+    deform: NonNegative = 10.0  # mean |delta v|
+    laplacian: NonNegative = 30.0  # mean |L v| (uniform Laplacian) of the predicted vertices
+    vert2kp_entropy: NonNegative = 0.16  # entropy of each keypoint's distribution over vertices
+    texture: NonNegative = 0.5  # masked L1 between the rendered predicted texture and the image
+    texture_feature: NonNegative = 0.5  # LPIPS-like distance of the predictor's own stem features (frozen here)
+    texture_dt: NonNegative = 0.5  # mask barrier sampled at the texture flow (keeps the flow on the bird)
+    render_size: Count = 64  # side of the soft renders the losses compare with (masks/images are area-resized)
+    sigma: Positive = 1e-4  # SoftRas coverage sharpness (NDC^2)
+    gamma: Positive = 1e-4  # SoftRas depth softmax temperature
+    barrier_sharpness: Positive = 50.0  # k of the flow barrier 1 / (1 + exp(-k signed distance / side)) (CMR: 50)
 
 
 @dataclass(frozen=True)
 class DataConfig:
     folder: str = ""  # images of 'python -m mesh_recon.synth images'; "" = generate on the fly (never repeats)
     seed: int = 0  # synthetic dataset seed for on-the-fly images (evaluation uses another one)
-    workers: int = 1  # DataLoader processes generating/reading batches
+    workers: NonNegativeInt = 1  # DataLoader processes generating/reading batches
     data_dir: str = ""  # shared data folder ("" = $BIRDMESH_DATA or ../shared/data)
     synth: SynthSettings = field(default_factory=SynthSettings)  # randomisation of on-the-fly images
 
@@ -51,17 +53,17 @@ class TrainConfig:
     out_dir: str = "runs/cmr_cpu"  # checkpoints (last.pt), config.yaml and log.csv
     seed: int = 0  # torch seed (+ rank under torchrun)
     device: str = "auto"  # auto = CUDA when available
-    batch_size: int = 16  # per process
-    steps: int = 8000  # total optimizer steps
-    lr: float = 2e-4  # Adam learning rate (CMR: 1e-4 with 500 epochs; more here for fewer steps)
-    decay_fraction: float = 0.25  # the last fraction of steps decays lr linearly to lr * final_lr_factor
-    final_lr_factor: float = 0.05
-    gt_camera_steps: int = 0  # the first steps render with the ground-truth cameras (shape learns while the
+    batch_size: Count = 16  # per process
+    steps: NonNegativeInt = 8000  # total optimizer steps
+    lr: Positive = 2e-4  # Adam learning rate (CMR: 1e-4 with 500 epochs; more here for fewer steps)
+    decay_fraction: Fraction = 0.25  # the last fraction of steps decays lr linearly to lr * final_lr_factor
+    final_lr_factor: NonNegative = 0.05
+    gt_camera_steps: NonNegativeInt = 0  # the first steps render with the ground-truth cameras (shape learns while the
     # camera head learns from the camera term alone; CMR did so throughout); afterwards with the predicted ones
-    grad_clip: float = 10.0  # max global gradient norm (0 = off)
-    checkpoint_every: int = 250
-    log_every: int = 25
-    threads: int = 0  # torch threads per process (0 = torch's default)
+    grad_clip: NonNegative = 10.0  # max global gradient norm (0 = off)
+    checkpoint_every: Count = 250
+    log_every: Count = 25
+    threads: NonNegativeInt = 0  # torch threads per process (0 = torch's default)
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,19 @@
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Optional
 
 import pytest
 
-from birdmesh.config import config_from_dict, config_to_dict, format_config, load_config
+from birdmesh.config import Count, Fraction, Positive, config_from_dict, config_to_dict, format_config, load_config
 from birdmesh.errors import UserError
 
 
 @dataclass(frozen=True)
 class Optim:
-    lr: float = 1e-4
-    steps: int = 10
+    lr: Positive = 1e-4
+    steps: Count = 10
+    momentum: Fraction = 0.9
+    clip: Optional[Positive] = None
     betas: tuple[float, float] = (0.9, 0.999)
 
 
@@ -77,3 +80,35 @@ def test_literal_keys_accept_only_their_choices():
     assert load_config(Job, None, ["mode=exact"]).mode == "exact"
     with pytest.raises(UserError, match=r"--set: key 'mode' expects one of fast, exact, got 'quick'"):
         load_config(Job, None, ["mode=quick"])
+
+
+def test_values_out_of_their_range_are_errors_naming_the_key_and_the_range(tmp_path):
+    cfg = load_config(Job, None, ["optim.steps=1", "optim.momentum=1", "optim.momentum=0", "optim.clip=1e-9"])
+    assert (cfg.optim.steps, cfg.optim.momentum, cfg.optim.clip) == (1, 0.0, 1e-9)
+    path = tmp_path / "job.yaml"
+    path.write_text("optim:\n  steps: 0\n")
+    with pytest.raises(UserError, match=rf"{path}: key 'optim.steps' must be >= 1, got 0"):
+        load_config(Job, path)
+    with pytest.raises(UserError, match=r"--set: key 'optim.lr' must be > 0, got 0.0"):
+        load_config(Job, None, ["optim.lr=0"])
+    with pytest.raises(UserError, match=r"key 'optim.momentum' must be >= 0 and <= 1, got 1.5"):
+        load_config(Job, None, ["optim.momentum=1.5"])
+    with pytest.raises(UserError, match=r"key 'optim.clip' must be > 0, got -1.0"):  # not a type error
+        load_config(Job, None, ["optim.clip=-1"])
+    with pytest.raises(UserError, match=r"key 'optim.clip' expects float or null, got 'x'"):
+        load_config(Job, None, ["optim.clip=x"])
+
+
+@pytest.mark.parametrize("job, override", [
+    ("adapt", "propagation.pixel_stride=0"), ("adapt", "propagation.topk=0"), ("adapt", "optim.lr=-1e-3"),
+    ("adapt", "optim.base_momentum=2"), ("cmr", "train.batch_size=0"), ("uvc", "loss.concentration=-0.3"),
+])
+def test_shipped_configs_load_and_refuse_out_of_range_values(job, override):
+    from adapt.config import AdaptConfig
+    from correspondence.config import UVCConfig
+    from mesh_recon.predictor_config import CMRConfig
+    cls, name = {"adapt": (AdaptConfig, "adapt"), "cmr": (CMRConfig, "cmr_cpu"), "uvc": (UVCConfig, "uvc_cpu")}[job]
+    path = Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml"
+    load_config(cls, path)
+    with pytest.raises(UserError, match=rf"--set: key '{override.split('=')[0]}' must be"):
+        load_config(cls, path, [override])
