@@ -19,7 +19,8 @@ from mesh_recon.predictor import MeshPredictor, Prediction, texture_from_flow
 from mesh_recon.render import SoftRenderer, SoftRenderSettings
 
 from .config import LossWeights, OptimConfig
-from .losses import base_shape_loss, part_correspondence_loss, quaternion_smoothness, temporal_smoothness
+from .losses import (base_shape_loss, coverage_loss, part_correspondence_loss, quaternion_smoothness,
+                     temporal_smoothness)
 from .parts import UVPool, texel_surface, texel_visibility, uv_maps_from_flow
 
 
@@ -111,6 +112,7 @@ def adaptation_losses(pred: Prediction, crops: VideoCrops, frames: Tensor, maps:
     if bool(valid.any()):
         terms["part_map"], terms["part_centre"] = part_correspondence_loss(parts_r[valid], parts_o[valid])
         terms["silhouette"] = silhouette_loss(sil_r[valid], mask_o[valid])
+        terms["coverage"] = coverage_loss(verts_ndc[valid], mask_o[valid], sil_r[valid])
         terms["texture"] = masked_l1(rgb_r[valid], image_o[valid], mask_o[valid])
     terms["arap"], terms["laplacian"] = base_shape_loss(pred.verts, maps.base, pred.faces, laplacian)
     cams_px = crop_cameras_to_pixels(pred.cams, crops.boxes[frames])

@@ -131,7 +131,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--cache", help="folder to keep and reuse the propagation in (e.g. --no-adapt vs adapted, "
                         "or when trying adaptation settings)")
-    add_config_arguments(parser, str(DEFAULT_CONFIG))
+    # a wheel install has no configs/ folder: AdaptConfig's defaults are the same values (tests/birdmesh/test_config)
+    add_config_arguments(parser, str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None)
     args = parser.parse_args(argv)
     if args.input is None:
         args.input = str(DEMO_VIDEO)

@@ -1,4 +1,5 @@
-"""Per-frame refinement: corrections are mirror-symmetric and recover a known camera shift."""
+"""Per-frame refinement: corrections are mirror-symmetric, recover a known camera shift, and reach mask parts
+beyond the silhouette gradient through the coverage term."""
 import dataclasses
 
 import numpy as np
@@ -73,3 +74,31 @@ def test_frame_windows_are_consecutive_and_visit_every_frame_equally(num_frames,
     assert (counts == 50).all()
     a, b = frame_windows(num_frames, batch_size, seed=3), frame_windows(num_frames, batch_size, seed=3)
     assert all(np.array_equal(next(a), next(b)) for _ in range(20))  # the same seed, the same schedule
+
+
+def test_coverage_pulls_the_mesh_into_mask_parts_the_silhouette_term_cannot_see():
+    model, images, pred = _scene()
+    T = len(images)
+    silhouette = render_hard(project_vertices(pred), pred.faces, S).mask.float()  # (T, 1, S, S)
+    rows = torch.nonzero(silhouette[0, 0].any(1)).flatten()
+    cols = torch.nonzero(silhouette[0, 0].any(0)).flatten()
+    centre = int(cols.float().mean())
+    target = silhouette.clone()
+    bottom = int(rows.max())
+    assert bottom + 14 < S
+    target[:, :, bottom + 6:bottom + 14, centre - 4:centre + 4] = 1.0  # a patch 5 pixels below the belly
+    parts = torch.cat([1 - target, torch.zeros_like(target)], 1)
+    box = torch.tensor([0.0, 0.0, S, S])
+    crops = VideoCrops(images, target, parts.half(), box.expand(T, 4), torch.ones(T, dtype=torch.bool), (S, S))
+    maps = video_maps(pred, crops)
+    cfg = OptimConfig(batch_size=T, refine_iterations=60, refine_lr=1e-2, refine_render_size=S)
+    patch = (target - silhouette).bool()
+
+    def patch_covered(coverage):
+        refined, _ = refine_frames(pred, crops, maps, model.template.sym, cfg,
+                                   LossWeights(texture=0.0, coverage=coverage))
+        mask = render_hard(project_vertices(refined), pred.faces, S).mask.bool()
+        return float((mask & patch).sum() / patch.sum())
+
+    without, with_coverage = patch_covered(0.0), patch_covered(50.0)
+    assert without < 0.1 and with_coverage > 0.5, (without, with_coverage)

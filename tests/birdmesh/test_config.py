@@ -112,3 +112,8 @@ def test_shipped_configs_load_and_refuse_out_of_range_values(job, override):
     load_config(cls, path)
     with pytest.raises(UserError, match=rf"--set: key '{override.split('=')[0]}' must be"):
         load_config(cls, path, [override])
+
+
+def test_adapt_yaml_holds_the_documented_defaults():
+    from adapt.config import AdaptConfig  # adapt/config.py documents each key beside its default: keep them equal
+    assert load_config(AdaptConfig, Path(__file__).resolve().parents[2] / "configs" / "adapt.yaml") == AdaptConfig()
