@@ -66,7 +66,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         base, *extras = typing.get_args(tp)
         value = _coerce(value, base, key, source)
         for bounds in extras:
-            if isinstance(bounds, Bounds) and value is not None:
+            if isinstance(bounds, Bounds):
                 bounds.check(value, key, source)
         return value
     if origin is typing.Literal:

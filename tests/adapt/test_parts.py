@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from adapt.losses import coverage_loss, part_centres, part_correspondence_loss, quaternion_smoothness, temporal_smoothness
+from adapt.losses import (coverage_loss, part_centres, part_correspondence_loss, quaternion_smoothness,
+                          temporal_smoothness)
 from adapt.parts import UVPool, pool_uv_maps, random_parts, texel_surface, texel_visibility, uv_maps_from_flow
 from mesh_recon.geometry import weak_perspective_project
 from mesh_recon.mesh import face_spherical_uv, icosphere
