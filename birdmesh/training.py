@@ -48,14 +48,40 @@ def cleanup_distributed(world: int) -> None:
 
 
 def append_csv_row(path: str | Path, row: dict) -> None:
-    """Append one row to a CSV log, writing the header when the file is new."""
+    """Append one row to a CSV log, writing the header when the file is new.
+
+    A row with columns the file lacks (a resumed run that logs a new loss term) first widens the file: the header
+    gains the new columns and the earlier rows get empty cells, so every value stays under its own name.
+    """
     path = Path(path)
-    new = not path.exists()
+    fields = list(row)
+    if path.exists():
+        fields, rows = _read_csv(path)
+        missing = [name for name in row if name not in fields]
+        if missing:
+            fields = fields + missing
+            _write_csv(path, fields, rows)
     with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        if f.tell() == 0:
             writer.writeheader()
         writer.writerow(row)
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
+    """Rewrite a CSV file atomically (temporary file, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
 
 
 def drop_csv_rows_after(path: str | Path, step: int) -> None:
@@ -64,18 +90,10 @@ def drop_csv_rows_after(path: str | Path, step: int) -> None:
     path = Path(path)
     if not path.exists():
         return
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        fields, rows = reader.fieldnames, list(reader)
+    fields, rows = _read_csv(path)
     kept = [row for row in rows if int(row["step"]) <= step]
-    if fields is None or len(kept) == len(rows):
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(kept)
-    os.replace(tmp, path)
+    if fields and len(kept) < len(rows):
+        _write_csv(path, fields, kept)
 
 
 def replicas_identical(module: torch.nn.Module, world: int) -> bool:

@@ -27,6 +27,8 @@ class LossConfig:
     mask: NonNegative = 2.0  # silhouette MSE (soft render vs mask)
     keypoint: NonNegative = 30.0  # squared NDC error of visible projected keypoints
     camera: NonNegative = 2.0  # 1 - (q . q_gt)^2 + squared scale/translation error, when the batch has GT cameras
+    chamfer: NonNegative = 0.0  # 3D Chamfer distance to the ground-truth mesh, when the batch has one (synthetic;
+    # not in CMR, whose CUB images have none)
     deform: NonNegative = 10.0  # mean |delta v|
     laplacian: NonNegative = 30.0  # mean |L v| (uniform Laplacian) of the predicted vertices
     vert2kp_entropy: NonNegative = 0.16  # entropy of each keypoint's distribution over vertices

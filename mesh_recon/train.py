@@ -30,7 +30,7 @@ from .render import SoftRenderer, SoftRenderSettings
 from .synth import SynthBirdImages, generate_batch
 from .template import bird_template_init
 
-BATCH_KEYS = ("image", "mask", "kp", "cam")
+BATCH_KEYS = ("image", "mask", "kp", "cam", "verts")
 
 
 class SynthBatches(torch.utils.data.IterableDataset):

@@ -38,3 +38,17 @@ def test_resume_drops_log_rows_of_the_lost_steps(tmp_path):
         assert [row["step"] for row in csv.DictReader(f)] == ["25", "50", "75"]
     drop_csv_rows_after(tmp_path / "missing.csv", 10)  # a run without a log yet
     assert not (tmp_path / "missing.csv").exists()
+
+
+def test_a_new_log_column_widens_the_file_instead_of_shifting_values(tmp_path):
+    log = tmp_path / "log.csv"
+    append_csv_row(log, {"step": 25, "loss": "0.5", "mask": "0.1"})
+    append_csv_row(log, {"step": 50, "loss": "0.4", "chamfer": "0.08", "mask": "0.09"})  # a term added on resume
+    append_csv_row(log, {"step": 75, "loss": "0.3"})
+    with log.open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == ["step", "loss", "mask", "chamfer"]
+    assert rows[0] == {"step": "25", "loss": "0.5", "mask": "0.1", "chamfer": ""}
+    assert rows[1] == {"step": "50", "loss": "0.4", "mask": "0.09", "chamfer": "0.08"}
+    assert rows[2] == {"step": "75", "loss": "0.3", "mask": "", "chamfer": ""}

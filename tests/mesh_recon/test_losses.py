@@ -8,7 +8,7 @@ import torch
 from scipy.ndimage import distance_transform_edt
 
 from mesh_recon.geometry import quaternion_to_rotation_matrix, random_quaternions
-from mesh_recon.losses import (camera_loss, deformation_loss, keypoint_loss, laplacian_loss, mask_barrier,
+from mesh_recon.losses import (camera_loss, chamfer_loss, deformation_loss, keypoint_loss, laplacian_loss, mask_barrier,
                                masked_l1, predictor_losses, silhouette_loss, texture_flow_barrier_loss,
                                vert2kp_entropy)
 from mesh_recon.predictor import MeshPredictor
@@ -60,6 +60,21 @@ def test_silhouette_deformation_and_texture_values():
     torch.testing.assert_close(masked_l1(rendered * (1 - mask), image, mask), torch.tensor(0.0))
 
 
+def test_chamfer_loss_against_a_point_loop():
+    torch.manual_seed(0)
+    verts, verts_gt = torch.randn(2, 7, 3), torch.randn(2, 5, 3)
+
+    def nearest_mean(a, b):  # mean over points of a of the distance to the closest point of b
+        return sum(min(math.dist(p, q) for q in b.tolist()) for p in a.tolist()) / len(a)
+
+    expected = sum(nearest_mean(verts[b], verts_gt[b]) + nearest_mean(verts_gt[b], verts[b]) for b in range(2)) / 4
+    assert math.isclose(float(chamfer_loss(verts, verts_gt)), expected, rel_tol=1e-5)
+    assert float(chamfer_loss(verts_gt, verts_gt)) == 0.0
+    # a hand case: one point at distance 3 from both of the other cloud's (identical) points
+    one, two = torch.tensor([[[0.0, 0.0, 3.0]]]), torch.zeros(1, 2, 3)
+    assert math.isclose(float(chamfer_loss(one, two)), 3.0)
+
+
 def test_vert2kp_entropy_bounds():
     uniform = torch.full((3, 10), 0.1)
     torch.testing.assert_close(vert2kp_entropy(uniform), torch.tensor(math.log(10)))
@@ -106,15 +121,16 @@ def _loss_inputs(size: int = 64):
     kp = torch.cat([torch.rand(2, 12, 2) - 0.5, torch.ones(2, 12, 1)], -1)
     cams = torch.tensor([[0.8, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]]).repeat(2, 1)
     renderer = SoftRenderer(SoftRenderSettings(32))
-    return model, {"image": images, "mask": mask, "kp": kp, "cam": cams}, renderer
+    verts = 0.6 * torch.nn.functional.normalize(torch.randn(2, 40, 3), dim=-1)  # a ground-truth mesh's vertices
+    return model, {"image": images, "mask": mask, "kp": kp, "cam": cams, "verts": verts}, renderer
 
 
 def test_predictor_losses_terms_and_gradients():
     model, batch, renderer = _loss_inputs()
     feature_net = lambda x: [torch.nn.functional.avg_pool2d(x, 4)]
-    loss, stats = predictor_losses(model(batch["image"]), batch, renderer, LossConfig(), feature_net)
-    assert set(stats) == {"mask", "keypoint", "camera", "deform", "laplacian", "vert2kp_entropy", "texture",
-                          "texture_feature", "texture_dt", "iou"}
+    loss, stats = predictor_losses(model(batch["image"]), batch, renderer, LossConfig(chamfer=1.0), feature_net)
+    assert set(stats) == {"mask", "keypoint", "camera", "chamfer", "deform", "laplacian", "vert2kp_entropy",
+                          "texture", "texture_feature", "texture_dt", "iou"}
     assert torch.isfinite(loss) and all(torch.isfinite(v) for v in stats.values())
     loss.backward()
     for name in ("shape_head.linear.weight", "camera_head.linear.weight", "flow_head.out.weight", "mean_free",
