@@ -6,7 +6,8 @@ Each method runs in its own child process (so peak RSS is its own) on the same 4
 frames/s, peak RAM and J&F; then the ratios. The naive protocol (UVC's test.py): global affinity over the whole
 frame, first frame + 7 previous predictions as references, per reference the top-5 of each target mixed with
 softmax(similarity / temperature), the 8 propagations averaged. Methods:
-  ours         the default propagation (every context frame within the radius, one top-k over all of them);
+  ours         the default propagation (the first frame within ``radius``, the previous frames within
+               ``radius_previous``, one top-k over all of them);
   ours-global  our streaming code on the naive protocol (radius off, per-frame top-k averaged): J&F must match;
   naive        the protocol written plainly, full affinity matrices.
 """

@@ -28,11 +28,25 @@ from birdmesh.outdir import atomic_output_dir
 from birdmesh.runtime import cpu_has_fast_bf16, resolve_device
 from birdmesh.video import open_frames
 
-from .affinity import key_tiles, local_windows, query_tiles, topk_global, topk_local_tiles
+from .affinity import LocalWindows, key_tiles, local_windows, query_tiles, topk_global, topk_local_tiles
 from .checkpoint import DEFAULT_WEIGHTS, load_model
 from .config import PropagationConfig
 from .labels import PixelFeatures, index_to_soft, soft_to_index
 from .networks import fuse_batchnorm
+
+TILE = 8  # query tile side of local matching, in feature cells (see affinity.local_windows)
+LEARNED_RADIUS_PREVIOUS = 6.0  # default window of the previous frames for learned features (PropagationConfig)
+
+
+def previous_frame_radius(cfg: PropagationConfig, model: torch.nn.Module) -> float:
+    """Window radius (cells) of the previous context frames; 0 = global. Learned features match best within a
+    smaller window than the first frame's (fewer distractors one to seven frames away); raw pixels need the wider
+    one (see ``PropagationConfig.radius_previous``)."""
+    if cfg.radius <= 0:
+        return 0.0
+    if cfg.radius_previous is not None:
+        return cfg.radius_previous
+    return cfg.radius if isinstance(model, PixelFeatures) else LEARNED_RADIUS_PREVIOUS
 
 
 def frame_to_lab(frame: np.ndarray, device) -> torch.Tensor:
@@ -83,20 +97,22 @@ def mix_candidate_labels(values: torch.Tensor, indices: torch.Tensor, context_la
 @dataclass(frozen=True)
 class ContextFrame:
     """A frame serving as context: features (C, h, w), soft labels (L, h, w) and, for frames matched within a
-    local window, its features pre-cut into windows (``affinity.key_tiles``), computed once."""
+    local window, its features pre-cut into windows (``affinity.key_tiles``), computed once, and that window's
+    geometry."""
 
     features: torch.Tensor
     labels: torch.Tensor
     tiles: torch.Tensor | None = None
+    window: LocalWindows | None = None
 
 
-def make_context(features: torch.Tensor, labels: torch.Tensor, cfg: PropagationConfig,
-                 local: bool) -> ContextFrame:
-    """Wrap a frame for the context queue, cutting its windows once when it will be matched locally."""
-    if not local or cfg.radius <= 0:
+def make_context(features: torch.Tensor, labels: torch.Tensor, radius: float) -> ContextFrame:
+    """Wrap a frame for the context queue, cutting its windows once when it will be matched locally (radius > 0,
+    in feature cells; otherwise it is matched globally)."""
+    if radius <= 0:
         return ContextFrame(features, labels)
-    win = local_windows(features.shape[1], features.shape[2], float(cfg.radius), 8, str(features.device))
-    return ContextFrame(features, labels, key_tiles(features, win))
+    win = local_windows(features.shape[1], features.shape[2], float(radius), TILE, str(features.device))
+    return ContextFrame(features, labels, key_tiles(features, win), win)
 
 
 def propagate_step(target_feat: torch.Tensor, context: list[ContextFrame], cfg: PropagationConfig) -> torch.Tensor:
@@ -104,8 +120,8 @@ def propagate_step(target_feat: torch.Tensor, context: list[ContextFrame], cfg: 
 
     Args:
         target_feat: (C, h, w) target features.
-        context: the first frame, then previous frames; each is matched within ``cfg.radius`` cells when it
-            carries tiles, globally otherwise.
+        context: the first frame, then previous frames; each is matched within its window when it carries
+            tiles, globally otherwise.
     Returns:
         (L, h, w) soft labels.
     """
@@ -116,10 +132,9 @@ def propagate_step(target_feat: torch.Tensor, context: list[ContextFrame], cfg: 
     for position, frame in enumerate(context):
         if frame.tiles is None:
             values, indices = topk_global(query, frame.features.flatten(1), cfg.topk, cfg.chunk_size)
-        else:
-            win = local_windows(h, w, float(cfg.radius), 8, str(target_feat.device))
-            queries = query_tiles(target_feat, win) if queries is None else queries
-            values, indices = topk_local_tiles(queries, frame.tiles, win, cfg.topk)
+        else:  # query tiles depend on the tile size only, shared by windows of any radius
+            queries = query_tiles(target_feat, frame.window) if queries is None else queries
+            values, indices = topk_local_tiles(queries, frame.tiles, frame.window, cfg.topk)
         all_values.append(values)
         all_indices.append(indices + position * h * w)
     labels = torch.cat([frame.labels.flatten(1) for frame in context], dim=1)  # (L, n_ctx * h * w)
@@ -148,11 +163,11 @@ def iter_propagate(frames: Iterable[np.ndarray], labels0: torch.Tensor, model: t
             feat = feat.bfloat16()  # matching in bfloat16 is ~3x faster on CPUs with bf16 units
         if first is None:
             labels = labels_to_features(labels0.to(feat.device), tuple(feat.shape[-2:]))
-            first = make_context(feat, labels, cfg, local=not cfg.first_frame_global)
+            first = make_context(feat, labels, 0.0 if cfg.first_frame_global else cfg.radius)
         else:
             labels = propagate_step(feat, [first, *previous], cfg)
         if cfg.context_previous > 0:
-            previous.append(make_context(feat, labels, cfg, local=True))
+            previous.append(make_context(feat, labels, previous_frame_radius(cfg, model)))
         yield labels
 
 

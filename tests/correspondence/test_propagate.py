@@ -8,7 +8,8 @@ from PIL import Image
 from correspondence.config import PropagationConfig
 from correspondence.labels import PixelFeatures, index_to_soft, soft_to_index
 from correspondence.propagate import main as propagate_main
-from correspondence.propagate import iter_propagate, mix_candidate_labels, propagate_labels
+from correspondence.propagate import (iter_propagate, make_context, mix_candidate_labels, previous_frame_radius,
+                                     propagate_labels, propagate_step)
 
 
 class PositionFeatures(nn.Module):
@@ -201,3 +202,31 @@ def test_pixel_features_are_normalized_uncentred_lab_neighbourhoods(stride):
     cells = [lab[0, :, s * i:s * i + s, s * j:s * j + s].mean(dim=(1, 2)) / 100 for i in range(3) for j in range(1, 4)]
     expected = torch.stack(cells, dim=1).flatten()  # channel-major, like unfold
     assert torch.allclose(feats[0, :, 1, 2], expected / expected.norm(), atol=1e-6)
+
+
+def test_each_context_frame_is_matched_within_its_own_radius():
+    # The target is the context shifted 5 cells to the right: its true matches lie 5 cells away, so a context frame
+    # cut with a radius of 3 cells cannot carry the labels across while one with a radius of 6 can.
+    C, h, w = 64, 8, 24
+    feats = F.normalize(torch.randn(C, h, w, generator=torch.Generator().manual_seed(0)), dim=0)
+    target = torch.roll(feats, shifts=5, dims=2)
+    labels = torch.zeros(2, h, w)
+    labels[1, :, 4:6] = 1.0
+    labels[0] = 1 - labels[1]
+    expected = torch.roll(labels, shifts=5, dims=2)[:, :, 8:]  # columns whose source lies inside the frame
+    cfg = PropagationConfig(topk=1, temperature=0.01)
+    far = propagate_step(target, [make_context(feats, labels, 6.0)], cfg)
+    near = propagate_step(target, [make_context(feats, labels, 3.0)], cfg)
+    assert torch.allclose(far[:, :, 8:], expected, atol=1e-4)
+    assert near[1, :, 9:11].max() < 1e-6  # no object cell lies within 3 cells of where the object moved
+    # mixed windows in one context: the wide one wins on the object's cells
+    both = propagate_step(target, [make_context(feats, labels, 3.0), make_context(feats, labels, 6.0)], cfg)
+    assert torch.allclose(both[:, :, 8:], expected, atol=1e-4)
+
+
+def test_previous_frames_window_by_method():
+    learned = nn.Identity()  # anything that is not the raw-pixel feature model counts as learned
+    assert previous_frame_radius(PropagationConfig(radius=12.0), learned) == 6.0
+    assert previous_frame_radius(PropagationConfig(radius=12.0), PixelFeatures(8)) == 12.0
+    assert previous_frame_radius(PropagationConfig(radius=12.0, radius_previous=3.0), PixelFeatures(8)) == 3.0
+    assert previous_frame_radius(PropagationConfig(radius=0.0, radius_previous=3.0), learned) == 0.0  # all global
