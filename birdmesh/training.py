@@ -56,11 +56,12 @@ def append_csv_row(path: str | Path, row: dict) -> None:
     path = Path(path)
     fields = list(row)
     if path.exists():
-        fields, rows = _read_csv(path)
+        with path.open(newline="") as f:
+            fields = next(csv.reader(f), [])  # the header only: the rows are read when the file must widen
         missing = [name for name in row if name not in fields]
         if missing:
             fields = fields + missing
-            _write_csv(path, fields, rows)
+            _write_csv(path, fields, _read_csv(path)[1])
     with path.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, restval="")
         if f.tell() == 0:

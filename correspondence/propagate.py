@@ -34,7 +34,6 @@ from .config import PropagationConfig
 from .labels import PixelFeatures, index_to_soft, soft_to_index
 from .networks import fuse_batchnorm
 
-TILE = 8  # query tile side of local matching, in feature cells (see affinity.local_windows)
 LEARNED_RADIUS_PREVIOUS = 6.0  # default window of the previous frames for learned features (PropagationConfig)
 
 
@@ -111,7 +110,7 @@ def make_context(features: torch.Tensor, labels: torch.Tensor, radius: float) ->
     in feature cells; otherwise it is matched globally)."""
     if radius <= 0:
         return ContextFrame(features, labels)
-    win = local_windows(features.shape[1], features.shape[2], float(radius), TILE, str(features.device))
+    win = local_windows(features.shape[1], features.shape[2], float(radius), device=str(features.device))
     return ContextFrame(features, labels, key_tiles(features, win), win)
 
 
