@@ -62,11 +62,13 @@ class PropagationConfig:
     context_previous: NonNegativeInt = 7  # the first frame plus this many previous predictions
     topk: Count = 5  # references kept per target position
     radius: float = 12.0  # local window (feature cells) around each target position; <= 0 means global
-    # window of the previous frames (the first frame keeps ``radius``); None = by method: 6 cells for learned features
-    # (birds_dev J&F 0.619 -> 0.651, val_dev 0.439 -> 0.454, 1.2 -> 1.9 frames/s vs 12), ``radius`` for pixels (whose
-    # birds_dev J&F falls 0.865 -> 0.786 with 6). Ignored when radius <= 0 (global).
+    # windows of the first and of the previous frames; None = by method: ``radius`` for raw pixels, 8 and 6 cells
+    # for learned features (birds_dev J&F 0.619 with 12 / 12, 0.651 with 12 / 6, 0.666 with 8 / 6; val_dev 0.439,
+    # 0.454, 0.469), whose far matches are mostly distractors; pixels fall 0.865 -> 0.786 with 12 / 6.
+    # Ignored when radius <= 0 (all global).
+    radius_first: Optional[float] = None
     radius_previous: Optional[float] = None
-    # match the first frame over the whole image (UVC's test.py) instead of within ``radius`` like the others
+    # match the first frame over the whole image (UVC's test.py) instead of within its window like the others
     first_frame_global: bool = False
     temperature: Positive = 0.02  # softmax temperature over the top-k similarities
     max_side: Count = 854  # frames are resized so their longer side is at most this

@@ -34,18 +34,21 @@ from .config import PropagationConfig
 from .labels import PixelFeatures, index_to_soft, soft_to_index
 from .networks import fuse_batchnorm
 
-LEARNED_RADIUS_PREVIOUS = 6.0  # default window of the previous frames for learned features (PropagationConfig)
+LEARNED_RADII = (8.0, 6.0)  # default windows of the first and the previous frames for learned features
 
 
-def previous_frame_radius(cfg: PropagationConfig, model: torch.nn.Module) -> float:
-    """Window radius (cells) of the previous context frames; 0 = global. Learned features match best within a
-    smaller window than the first frame's (fewer distractors one to seven frames away); raw pixels need the wider
-    one (see ``PropagationConfig.radius_previous``)."""
+def context_radii(cfg: PropagationConfig, model: torch.nn.Module) -> tuple[float, float]:
+    """Window radii (cells) of the first and of the previous context frames; 0 = global.
+
+    Learned features match best within smaller windows than ``radius`` (fewer distractors: ripples, reflections);
+    raw pixels need the wide one (see ``PropagationConfig.radius_first`` and ``radius_previous``).
+    """
     if cfg.radius <= 0:
-        return 0.0
-    if cfg.radius_previous is not None:
-        return cfg.radius_previous
-    return cfg.radius if isinstance(model, PixelFeatures) else LEARNED_RADIUS_PREVIOUS
+        return 0.0, 0.0
+    by_method = (cfg.radius, cfg.radius) if isinstance(model, PixelFeatures) else LEARNED_RADII
+    first = by_method[0] if cfg.radius_first is None else cfg.radius_first
+    previous = by_method[1] if cfg.radius_previous is None else cfg.radius_previous
+    return (0.0 if cfg.first_frame_global else first), previous
 
 
 def frame_to_lab(frame: np.ndarray, device) -> torch.Tensor:
@@ -155,18 +158,18 @@ def iter_propagate(frames: Iterable[np.ndarray], labels0: torch.Tensor, model: t
         labels0: (L, H, W) soft labels of the first frame, channel 0 background.
     """
     previous: collections.deque = collections.deque(maxlen=max(cfg.context_previous, 0))
-    first = None
+    first, (radius_first, radius_previous) = None, context_radii(cfg, model)
     for frame in frames:
         feat = encode_frame(model, frame, cfg.use_bf16)
         if bf16_matching(cfg.use_bf16, feat.device):
             feat = feat.bfloat16()  # matching in bfloat16 is ~3x faster on CPUs with bf16 units
         if first is None:
             labels = labels_to_features(labels0.to(feat.device), tuple(feat.shape[-2:]))
-            first = make_context(feat, labels, 0.0 if cfg.first_frame_global else cfg.radius)
+            first = make_context(feat, labels, radius_first)
         else:
             labels = propagate_step(feat, [first, *previous], cfg)
         if cfg.context_previous > 0:
-            previous.append(make_context(feat, labels, previous_frame_radius(cfg, model)))
+            previous.append(make_context(feat, labels, radius_previous))
         yield labels
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 from correspondence.config import PropagationConfig
 from correspondence.labels import PixelFeatures, index_to_soft, soft_to_index
 from correspondence.propagate import main as propagate_main
-from correspondence.propagate import (iter_propagate, make_context, mix_candidate_labels, previous_frame_radius,
+from correspondence.propagate import (iter_propagate, make_context, mix_candidate_labels, context_radii,
                                      propagate_labels, propagate_step)
 
 
@@ -224,9 +224,11 @@ def test_each_context_frame_is_matched_within_its_own_radius():
     assert torch.allclose(both[:, :, 8:], expected, atol=1e-4)
 
 
-def test_previous_frames_window_by_method():
+def test_context_windows_by_method():
     learned = nn.Identity()  # anything that is not the raw-pixel feature model counts as learned
-    assert previous_frame_radius(PropagationConfig(radius=12.0), learned) == 6.0
-    assert previous_frame_radius(PropagationConfig(radius=12.0), PixelFeatures(8)) == 12.0
-    assert previous_frame_radius(PropagationConfig(radius=12.0, radius_previous=3.0), PixelFeatures(8)) == 3.0
-    assert previous_frame_radius(PropagationConfig(radius=0.0, radius_previous=3.0), learned) == 0.0  # all global
+    assert context_radii(PropagationConfig(radius=12.0), learned) == (8.0, 6.0)
+    assert context_radii(PropagationConfig(radius=12.0), PixelFeatures(8)) == (12.0, 12.0)
+    assert context_radii(PropagationConfig(radius=12.0, radius_previous=3.0), PixelFeatures(8)) == (12.0, 3.0)
+    assert context_radii(PropagationConfig(radius=12.0, radius_first=10.0), learned) == (10.0, 6.0)
+    assert context_radii(PropagationConfig(radius=12.0, first_frame_global=True), learned) == (0.0, 6.0)
+    assert context_radii(PropagationConfig(radius=0.0, radius_previous=3.0), learned) == (0.0, 0.0)  # all global
