@@ -81,10 +81,11 @@ def video_maps(pred: Prediction, crops: VideoCrops, chunk: int = 16) -> VideoMap
 
 
 def select_parameters(model: MeshPredictor, layers: str) -> list[torch.nn.Parameter]:
-    """The weights the adaptation updates: ``all``, ``heads`` (shape, camera, flow heads) or name prefixes."""
+    """The weights the adaptation updates: ``all``, ``heads`` (shape, camera, flow and alignment heads) or name
+    prefixes."""
     if layers == "all":
         return list(model.parameters())
-    prefixes = ("shape_head", "camera_head", "flow_head") if layers == "heads" else tuple(
+    prefixes = ("shape_head", "camera_head", "flow_head", "align_head") if layers == "heads" else tuple(
         p.strip() for p in layers.split(",") if p.strip())
     chosen = [p for name, p in model.named_parameters() if name.startswith(prefixes)]
     if not chosen:

@@ -6,7 +6,8 @@
     verts_ndc = project_vertices(pred)          # render with pred.faces / pred.face_uvs (mesh_recon.render)
 
 Shape: learned symmetric mean shape + symmetric per-image offsets (centre + right vertices predicted, the left
-side mirrored), in the canonical CUB frame. Keypoints: kp3d = softmax(vert2kp logits) @ verts.
+side mirrored), in the canonical CUB frame; with ``model.align_stages`` > 0 the vertices are then moved by image
+features sampled where they project (``VertexAlignHead``). Keypoints: kp3d = softmax(vert2kp logits) @ verts.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 from .geometry import check_shape, weak_perspective_project
 from .mesh import symmetrize_vertices
 from .predictor_config import ModelConfig
-from .predictor_networks import UV_SIZE, CameraHead, Encoder, ShapeHead, TextureFlowHead
+from .predictor_networks import UV_SIZE, CameraHead, Encoder, ShapeHead, TextureFlowHead, VertexAlignHead
 from .template import sphere_template
 
 
@@ -66,6 +67,7 @@ class MeshPredictor(nn.Module):
         self.shape_head = ShapeHead(cfg.feature_dim, num_free)
         self.camera_head = CameraHead(cfg.feature_dim, cfg.scale_prior)
         self.flow_head = TextureFlowHead(cfg.feature_dim, cfg.flow_channels)
+        self.align_head = VertexAlignHead(cfg.align_stages, cfg.align_hidden, sym) if cfg.align_stages else None
         self.mean_free = nn.Parameter(0.5 * sym.verts[:num_free].clone())  # centre + right of the mean shape
         self.vert2kp_logits = nn.Parameter(torch.zeros(cfg.num_keypoints, len(sym.verts)))
         self.register_buffer("faces", sym.faces.clone(), persistent=False)
@@ -85,17 +87,25 @@ class MeshPredictor(nn.Module):
 
     def forward(self, images: Tensor) -> Prediction:
         check_shape(images, "B 3 S S", "images", {"S": self.cfg.image_size})
-        feature = self.encoder(images)
-        return self.heads(feature)
+        if self.align_head is None:
+            return self.heads(self.encoder(images))
+        feature, maps = self.encoder.forward_maps(images)
+        return self.heads(feature, maps)
 
-    def heads(self, feature: Tensor) -> Prediction:
-        """The Prediction of image features (B, D) (the encoder's output)."""
-        delta_v = symmetrize_vertices(self.shape_head(feature), self.template.sym)
+    def heads(self, feature: Tensor, maps: list[Tensor] | None = None) -> Prediction:
+        """The Prediction of image features (B, D) (the encoder's output) and, with an alignment head, its maps."""
         mean = self.mean_verts()
+        delta_v = symmetrize_vertices(self.shape_head(feature), self.template.sym)
         verts = mean + delta_v
+        cams = self.camera_head(feature)
+        if self.align_head is not None:
+            if maps is None:
+                raise ValueError("maps: the alignment head needs the encoder's maps (Encoder.forward_maps)")
+            verts = self.align_head(verts, cams, maps)
+            delta_v = verts - mean
         vert2kp = torch.softmax(self.vert2kp_logits, dim=1)
-        return Prediction(verts, delta_v, self.camera_head(feature), self.flow_head(feature),
-                          vert2kp @ verts, vert2kp, mean, self.faces, self.face_uvs)
+        return Prediction(verts, delta_v, cams, self.flow_head(feature), vert2kp @ verts, vert2kp, mean,
+                          self.faces, self.face_uvs)
 
 
 def texture_from_flow(images: Tensor, uv_flow: Tensor) -> Tensor:

@@ -20,6 +20,9 @@ class ModelConfig:
     num_keypoints: Count = 12  # rows of vert2kp (the synthetic data's avian keypoints)
     flow_channels: Count = 128  # width of the texture-flow decoder's first layer (then /2, /4, /4, /8)
     scale_prior: Positive = 0.8  # camera scale predicted as scale_prior * exp(a): the typical synthetic scale
+    align_stages: NonNegativeInt = 0  # vertex-alignment refinement stages after the shape head (0 = CMR's heads
+    # only): image features sampled at each vertex's projection move it (predictor_networks.VertexAlignHead)
+    align_hidden: Count = 96  # width of each alignment stage's per-vertex layers
 
 
 @dataclass(frozen=True)

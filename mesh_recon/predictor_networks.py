@@ -12,6 +12,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from .geometry import quaternion_to_rotation_matrix, weak_perspective_project
+from .mesh import SymmetricMesh, mesh_edges, symmetrize_vertices
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 UV_SIZE = (128, 256)  # texture / UV flow image (H, W), DESIGN.md
@@ -35,8 +38,13 @@ class Encoder(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: Tensor) -> Tensor:
-        x = self.stem((images - self.mean) / self.std)
-        return self.fc(self.reduce(self.body(x)).flatten(1))
+        return self.forward_maps(images)[0]
+
+    def forward_maps(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The feature (B, D) and the layer2 / layer3 maps [(B, 128, S/8, S/8), (B, 256, S/16, S/16)]."""
+        layer2 = self.body[0](self.stem((images - self.mean) / self.std))
+        layer3 = self.body[1](layer2)
+        return self.fc(self.reduce(self.body[2](layer3)).flatten(1)), [layer2, layer3]
 
 
 def stem_features(encoder: Encoder, images: Tensor) -> list[Tensor]:
@@ -83,6 +91,97 @@ class CameraHead(nn.Module):
 
     def forward(self, feature: Tensor) -> Tensor:
         return camera_from_raw(self.linear(feature), self.scale_prior)
+
+
+class VertexAlignHead(nn.Module):
+    """Refines predicted vertices from image features sampled where they project (Mesh R-CNN's vertex alignment).
+
+    The global feature leaves the shape underfit: on synthetic hold-out images it gains IoU 0.62 -> 0.66 over the
+    mean shape, while optimizing each image's offsets reaches 0.83. Each stage samples the layer2 and layer3 maps
+    at every vertex's projection (the image evidence of whether it lies inside the bird), mixes it with the
+    vertex's mesh neighbours, and predicts a camera-frame displacement (NDC units: image evidence says where to move
+    on the screen), rotated back to the canonical frame and mirror-averaged so the mesh stays symmetric.
+    The last layer starts at zero: a new head leaves a trained predictor's output unchanged.
+    """
+
+    def __init__(self, stages: int, hidden: int, sym: SymmetricMesh, map_channels: tuple = (128, 256)):
+        super().__init__()
+        edges = mesh_edges(sym.faces)
+        edges = torch.cat([edges, edges.flip(1)])  # directed, both ways
+        degree = torch.bincount(edges[:, 0], minlength=len(sym.verts)).float()
+        adjacency = torch.sparse_coo_tensor(edges.T, 1 / degree[edges[:, 0]], (len(sym.verts),) * 2,
+                                            check_invariants=False).coalesce()
+        self.register_buffer("neighbour_mean", adjacency, persistent=False)  # (V, V), rows average the neighbours
+        self.register_buffer("mirror", sym.mirror_index.clone(), persistent=False)
+        self.num_free = sym.num_centre + sym.num_right
+        self.sym = sym
+        self.stages = nn.ModuleList(_AlignStage(map_channels, hidden) for _ in range(stages))
+
+    def forward(self, verts: Tensor, cams: Tensor, maps: list[Tensor]) -> Tensor:
+        """verts (B, V, 3) canonical, cams (B, 7), the encoder's maps -> refined verts (B, V, 3), symmetric."""
+        rotation = quaternion_to_rotation_matrix(cams[:, 3:])  # (B, 3, 3); camera row vectors = x @ R^T
+        flip = verts.new_tensor([-1.0, 1.0, 1.0])
+        for stage in self.stages:
+            proj = weak_perspective_project(verts, cams).detach()  # sample where they are, do not move the probes
+            move_cam = stage(maps, proj, verts.detach(), self.neighbour_mean) / cams[:, None, :1]  # NDC -> object
+            move = move_cam @ rotation  # camera frame -> canonical
+            move = 0.5 * (move + move[:, self.mirror] * flip)
+            verts = verts + symmetrize_vertices(move[:, :self.num_free], self.sym)
+        return verts
+
+
+def sample_at_points(feature_map: Tensor, xy: Tensor) -> Tensor:
+    """Bilinear samples of a map at NDC points, as ``grid_sample(align_corners=False, padding_mode="border")``.
+
+    grid_sample on the CPU walks every channel per point (27 ms forward, 35 ms backward for 16 x 642 points of a
+    128-channel map); gathering the four neighbours of channel-last rows is ~10x faster both ways.
+    Args:
+        feature_map: (B, C, H, W); xy: (B, N, 2) NDC (x right, y down, -1 / +1 = the outer pixel edges).
+    Returns:
+        (B, N, C).
+    """
+    B, C, H, W = feature_map.shape
+    rows = feature_map.flatten(2).transpose(1, 2)  # (B, H W, C)
+    px = (((xy[..., 0] + 1) * W - 1) / 2).clamp(0, W - 1)
+    py = (((xy[..., 1] + 1) * H - 1) / 2).clamp(0, H - 1)
+    x0, y0 = px.floor(), py.floor()
+    wx, wy = (px - x0)[..., None], (py - y0)[..., None]
+    x0, y0 = x0.long(), y0.long()
+    x1, y1 = (x0 + 1).clamp(max=W - 1), (y0 + 1).clamp(max=H - 1)
+
+    def gather(yi: Tensor, xi: Tensor) -> Tensor:
+        return torch.gather(rows, 1, (yi * W + xi)[..., None].expand(-1, -1, C))
+
+    top = gather(y0, x0) * (1 - wx) + gather(y0, x1) * wx
+    bottom = gather(y1, x0) * (1 - wx) + gather(y1, x1) * wx
+    return top * (1 - wy) + bottom * wy
+
+
+class _AlignStage(nn.Module):
+    """One refinement: sampled map features + vertex positions -> hidden, one neighbour-mixing layer -> (B, V, 3).
+
+    The maps are reduced to ``hidden`` channels before sampling (a 1 x 1 convolution commutes with bilinear
+    sampling): 16 x 16 + 8 x 8 map cells per image instead of 642 vertices through the first layer.
+    """
+
+    def __init__(self, map_channels: tuple, hidden: int):
+        super().__init__()
+        self.reduce = nn.ModuleList(nn.Conv2d(c, hidden, 1, bias=False) for c in map_channels)
+        self.position = nn.Linear(6, hidden)
+        self.own, self.nbr = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden, bias=False)
+        self.out = nn.Linear(hidden, 3)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, maps: list[Tensor], proj: Tensor, verts: Tensor, neighbour_mean: Tensor) -> Tensor:
+        """maps [(B, C_i, H_i, W_i)], proj (B, V, 3) NDC + depth, verts (B, V, 3), neighbour_mean (V, V) sparse."""
+        h = self.position(torch.cat([proj, verts], dim=-1))
+        for reduce, feature_map in zip(self.reduce, maps):
+            h = h + sample_at_points(reduce(feature_map), proj[..., :2])
+        h = F.leaky_relu(h, 0.2)
+        B, V, C = h.shape
+        mixed = torch.sparse.mm(neighbour_mean, h.transpose(0, 1).reshape(V, B * C)).reshape(V, B, C).transpose(0, 1)
+        return self.out(F.leaky_relu(self.own(h) + self.nbr(mixed), 0.2))
 
 
 def camera_from_raw(raw: Tensor, scale_prior: float) -> Tensor:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from birdmesh.checkpoint import read_checkpoint, save_checkpoint
 from birdmesh.config import config_to_dict
-from birdmesh.errors import cli_entry
+from birdmesh.errors import UserError, cli_entry
 from birdmesh.training import (append_csv_row, cleanup_distributed, drop_csv_rows_after, start_training, training_main,
                                wrap_distributed)
 
@@ -129,8 +129,14 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank
     if not path.exists():
         return 0
     ckpt = read_checkpoint(path)
-    model.load_state_dict(ckpt["state_dict"])
-    if "optimizer" in ckpt:  # absent when the run was seeded from shipped weights (--init-from)
+    seeded = "optimizer" not in ckpt  # a run seeded from shipped weights (--init-from)
+    # A seeded run may add a head the weights lack (model.align_stages): it starts from its own initialisation.
+    result = model.load_state_dict(ckpt["state_dict"], strict=not seeded)
+    if result.unexpected_keys:
+        raise UserError(f"{path}: weights the predictor of this config lacks: {', '.join(result.unexpected_keys)}")
+    if rank == 0 and result.missing_keys:
+        print(f"{path}: new weights keep their initialisation: {', '.join(result.missing_keys)}", flush=True)
+    if not seeded:
         optimizer.load_state_dict(ckpt["optimizer"])
     if rank == 0:
         print(f"resumed from {path} at step {ckpt['step']}", flush=True)
