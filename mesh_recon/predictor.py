@@ -67,7 +67,8 @@ class MeshPredictor(nn.Module):
         self.shape_head = ShapeHead(cfg.feature_dim, num_free)
         self.camera_head = CameraHead(cfg.feature_dim, cfg.scale_prior)
         self.flow_head = TextureFlowHead(cfg.feature_dim, cfg.flow_channels)
-        self.align_head = VertexAlignHead(cfg.align_stages, cfg.align_hidden, sym) if cfg.align_stages else None
+        self.align_head = (VertexAlignHead(cfg.align_stages, cfg.align_hidden, sym, self.template.laplacian)
+                           if cfg.align_stages else None)
         self.mean_free = nn.Parameter(0.5 * sym.verts[:num_free].clone())  # centre + right of the mean shape
         self.vert2kp_logits = nn.Parameter(torch.zeros(cfg.num_keypoints, len(sym.verts)))
         self.register_buffer("faces", sym.faces.clone(), persistent=False)

@@ -13,7 +13,7 @@ import torchvision
 from torch import Tensor, nn
 
 from .geometry import quaternion_to_rotation_matrix, weak_perspective_project
-from .mesh import SymmetricMesh, mesh_edges, symmetrize_vertices
+from .mesh import SymmetricMesh, symmetrize_vertices
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -104,14 +104,10 @@ class VertexAlignHead(nn.Module):
     The last layer starts at zero: a new head leaves a trained predictor's output unchanged.
     """
 
-    def __init__(self, stages: int, hidden: int, sym: SymmetricMesh, map_channels: tuple = (128, 256)):
+    def __init__(self, stages: int, hidden: int, sym: SymmetricMesh, laplacian: Tensor,
+                 map_channels: tuple = (128, 256)):
         super().__init__()
-        edges = mesh_edges(sym.faces)
-        edges = torch.cat([edges, edges.flip(1)])  # directed, both ways
-        degree = torch.bincount(edges[:, 0], minlength=len(sym.verts)).float()
-        adjacency = torch.sparse_coo_tensor(edges.T, 1 / degree[edges[:, 0]], (len(sym.verts),) * 2,
-                                            check_invariants=False).coalesce()
-        self.register_buffer("neighbour_mean", adjacency, persistent=False)  # (V, V), rows average the neighbours
+        self.register_buffer("laplacian", laplacian.clone(), persistent=False)  # (V, V) sparse uniform: x - mean nbr
         self.register_buffer("mirror", sym.mirror_index.clone(), persistent=False)
         self.num_free = sym.num_centre + sym.num_right
         self.sym = sym
@@ -123,7 +119,7 @@ class VertexAlignHead(nn.Module):
         flip = verts.new_tensor([-1.0, 1.0, 1.0])
         for stage in self.stages:
             proj = weak_perspective_project(verts, cams).detach()  # sample where they are, do not move the probes
-            move_cam = stage(maps, proj, verts.detach(), self.neighbour_mean) / cams[:, None, :1]  # NDC -> object
+            move_cam = stage(maps, proj, verts.detach(), self.laplacian) / cams[:, None, :1]  # NDC -> object
             move = move_cam @ rotation  # camera frame -> canonical
             move = 0.5 * (move + move[:, self.mirror] * flip)
             verts = verts + symmetrize_vertices(move[:, :self.num_free], self.sym)
@@ -133,8 +129,8 @@ class VertexAlignHead(nn.Module):
 def sample_at_points(feature_map: Tensor, xy: Tensor) -> Tensor:
     """Bilinear samples of a map at NDC points, as ``grid_sample(align_corners=False, padding_mode="border")``.
 
-    grid_sample on the CPU walks every channel per point (27 ms forward, 35 ms backward for 16 x 642 points of a
-    128-channel map); gathering the four neighbours of channel-last rows is ~10x faster both ways.
+    Gathering the four neighbours of channel-last rows instead of grid_sample: the whole 2-stage head (16 images,
+    forward + backward, 2 CPU threads) takes 0.125 s instead of 0.19 s.
     Args:
         feature_map: (B, C, H, W); xy: (B, N, 2) NDC (x right, y down, -1 / +1 = the outer pixel edges).
     Returns:
@@ -173,14 +169,15 @@ class _AlignStage(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, maps: list[Tensor], proj: Tensor, verts: Tensor, neighbour_mean: Tensor) -> Tensor:
-        """maps [(B, C_i, H_i, W_i)], proj (B, V, 3) NDC + depth, verts (B, V, 3), neighbour_mean (V, V) sparse."""
+    def forward(self, maps: list[Tensor], proj: Tensor, verts: Tensor, laplacian: Tensor) -> Tensor:
+        """maps [(B, C_i, H_i, W_i)], proj (B, V, 3) NDC + depth, verts (B, V, 3), laplacian (V, V) sparse."""
         h = self.position(torch.cat([proj, verts], dim=-1))
         for reduce, feature_map in zip(self.reduce, maps):
             h = h + sample_at_points(reduce(feature_map), proj[..., :2])
         h = F.leaky_relu(h, 0.2)
         B, V, C = h.shape
-        mixed = torch.sparse.mm(neighbour_mean, h.transpose(0, 1).reshape(V, B * C)).reshape(V, B, C).transpose(0, 1)
+        detail = torch.sparse.mm(laplacian, h.transpose(0, 1).reshape(V, B * C)).reshape(V, B, C).transpose(0, 1)
+        mixed = h - detail  # the mean over each vertex's mesh neighbours
         return self.out(F.leaky_relu(self.own(h) + self.nbr(mixed), 0.2))
 
 
