@@ -6,9 +6,10 @@ Each method runs in its own child process (so peak RSS is its own) on the same 4
 frames/s, peak RAM and J&F; then the ratios. The naive protocol (UVC's test.py): global affinity over the whole
 frame, first frame + 7 previous predictions as references, per reference the top-5 of each target mixed with
 softmax(similarity / temperature), the 8 propagations averaged. Methods:
-  ours         the default propagation (the first frame within ``radius``, the previous frames within
-               ``radius_previous``, one top-k over all of them);
-  ours-global  our streaming code on the naive protocol (radius off, per-frame top-k averaged): J&F must match;
+  ours         the default propagation (the first frame within ``radius_first``, the previous frames within
+               ``radius_previous``, on the first frame's principal components, one top-k over all of them);
+  ours-global  our streaming code on the naive protocol (radius off, all channels, per-frame top-k averaged):
+               J&F must match;
   naive        the protocol written plainly, full affinity matrices.
 """
 from __future__ import annotations
@@ -82,7 +83,8 @@ def run_child(method: str, seq_name: str, frames: int, checkpoint: str) -> dict:
     if method == "ours":
         stream = list(iter_propagate(iter(images), labels0, model, PropagationConfig()))
     elif method == "ours-global":
-        protocol = PropagationConfig(radius=0, first_frame_global=True, context_mixing="average", use_bf16=False)
+        protocol = PropagationConfig(radius=0, first_frame_global=True, context_mixing="average", use_bf16=False,
+                                    match_dims=0)
         stream = list(iter_propagate(iter(images), labels0, model, protocol))
     else:
         stream = naive_uvc(images, labels0, model)

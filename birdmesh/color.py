@@ -5,6 +5,8 @@ matching scikit-image's ``rgb2lab`` / ``lab2rgb`` with the D65 white point.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 _XYZ_FROM_RGB = ((0.412453, 0.357580, 0.180423),
@@ -39,6 +41,30 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     fx, fy, fz = f.unbind(-3)
     lab = torch.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=-3)
     return lab
+
+
+@functools.lru_cache(maxsize=4)
+def _linear_table(device: str) -> torch.Tensor:
+    """(256,) linear-light value of every 8-bit sRGB level (the same formula as ``rgb_to_lab``, in float64)."""
+    levels = torch.arange(256, dtype=torch.float64) / 255.0
+    return torch.where(levels > 0.04045, ((levels + 0.055) / 1.055) ** 2.4, levels / 12.92).float().to(device)
+
+
+def uint8_rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """8-bit sRGB (H, W, 3) uint8 (a decoded frame, channels last) -> Lab (1, 3, H, W) float32, as ``rgb_to_lab``
+    of rgb / 255 but ~3x faster: the sRGB curve is a 256-entry table lookup (frames are decoded as uint8 anyway).
+    Not differentiable (integer input)."""
+    if rgb.dtype != torch.uint8 or rgb.dim() != 3 or rgb.shape[-1] != 3:
+        raise ValueError(f"rgb: expected uint8 (H, W, 3), got {rgb.dtype} {tuple(rgb.shape)}")
+    matrix = torch.tensor(_XYZ_FROM_RGB, dtype=torch.float64) / torch.tensor(_WHITE_D65, dtype=torch.float64)[:, None]
+    linear = _linear_table(str(rgb.device))[rgb.int()]  # (H, W, 3)
+    xyz = (linear @ matrix.T.float().to(rgb.device)).permute(2, 0, 1)  # white-normalized XYZ (3, H, W)
+    f = torch.where(xyz > _EPS**3, xyz.clamp_min(_EPS**3).pow(1.0 / 3.0), xyz / (3 * _EPS**2) + 4.0 / 29.0)
+    lab = torch.empty_like(f)
+    lab[0] = 116.0 * f[1] - 16.0
+    lab[1] = 500.0 * (f[0] - f[1])
+    lab[2] = 200.0 * (f[1] - f[2])
+    return lab[None]
 
 
 def lab_to_rgb(lab: torch.Tensor, clip: bool = True) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from birdmesh.color import rgb_to_lab
+from birdmesh.color import uint8_rgb_to_lab
 from birdmesh.config import format_config, load_config, save_config
 from birdmesh.davis import read_annotation, write_annotation
 from birdmesh.errors import UserError, cli_entry
@@ -35,6 +35,7 @@ from .labels import PixelFeatures, index_to_soft, soft_to_index
 from .networks import fuse_batchnorm
 
 LEARNED_RADII = (8.0, 6.0)  # default windows of the first and the previous frames for learned features
+LEARNED_MATCH_DIMS = 64  # default principal components kept for matching learned features
 
 
 def context_radii(cfg: PropagationConfig, model: torch.nn.Module) -> tuple[float, float]:
@@ -51,10 +52,36 @@ def context_radii(cfg: PropagationConfig, model: torch.nn.Module) -> tuple[float
     return (0.0 if cfg.first_frame_global else first), previous
 
 
+def match_dims(cfg: PropagationConfig, model: torch.nn.Module) -> int:
+    """Principal components of the features used for matching (0 = the features as they are).
+
+    Learned features default to ``LEARNED_MATCH_DIMS`` (fewer distractor matches and a 4x cheaper affinity than
+    all 256 channels); raw pixels (27-d) are kept whole.
+    """
+    if cfg.match_dims is not None:
+        return cfg.match_dims
+    return 0 if isinstance(model, PixelFeatures) else LEARNED_MATCH_DIMS
+
+
+def principal_basis(features: torch.Tensor, dims: int) -> torch.Tensor:
+    """(C, h, w) features -> (C, d) orthonormal basis of their d = min(dims, C) main principal directions
+    (eigenvectors of the centred channel covariance over all positions), in float32."""
+    x = features.flatten(1).float()
+    x = x - x.mean(dim=1, keepdim=True)
+    eigenvectors = torch.linalg.eigh(x @ x.T)[1]  # ascending eigenvalues
+    return eigenvectors[:, -min(dims, x.shape[0]):].contiguous()
+
+
+def project_features(features: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """(C, h, w) features onto a (C, d) basis -> (d, h, w), L2-normalized over d, in the features' dtype."""
+    C, h, w = features.shape
+    projected = basis.T @ features.flatten(1).float()
+    return F.normalize(projected, dim=0).view(-1, h, w).to(features.dtype)
+
+
 def frame_to_lab(frame: np.ndarray, device) -> torch.Tensor:
     """uint8 RGB (H, W, 3) -> Lab (1, 3, H, W) float on ``device``."""
-    rgb = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1)[None].float() / 255
-    return rgb_to_lab(rgb)
+    return uint8_rgb_to_lab(torch.from_numpy(np.ascontiguousarray(frame)).to(device))
 
 
 @torch.no_grad()
@@ -159,8 +186,12 @@ def iter_propagate(frames: Iterable[np.ndarray], labels0: torch.Tensor, model: t
     """
     previous: collections.deque = collections.deque(maxlen=max(cfg.context_previous, 0))
     first, (radius_first, radius_previous) = None, context_radii(cfg, model)
+    dims, basis = match_dims(cfg, model), None
     for frame in frames:
         feat = encode_frame(model, frame, cfg.use_bf16)
+        if dims:  # the first frame's principal subspace serves the whole video
+            basis = principal_basis(feat, dims) if basis is None else basis
+            feat = project_features(feat, basis)
         if bf16_matching(cfg.use_bf16, feat.device):
             feat = feat.bfloat16()  # matching in bfloat16 is ~3x faster on CPUs with bf16 units
         if first is None:

@@ -3,7 +3,7 @@ import pytest
 import torch
 from skimage.color import lab2rgb, rgb2lab
 
-from birdmesh.color import LabToRgb, RgbToLab, lab_to_rgb, rgb_to_lab
+from birdmesh.color import LabToRgb, RgbToLab, lab_to_rgb, rgb_to_lab, uint8_rgb_to_lab
 
 
 def test_rgb_to_lab_matches_scikit_image():
@@ -11,6 +11,18 @@ def test_rgb_to_lab_matches_scikit_image():
     reference = rgb2lab(rgb.permute(0, 2, 3, 1).numpy())  # skimage.color.rgb2lab, D65
     ours = rgb_to_lab(rgb).permute(0, 2, 3, 1).numpy()
     assert np.abs(ours - reference).max() < 1e-3
+
+
+def test_uint8_frames_convert_as_scikit_image_over_every_level():
+    levels = np.arange(256, dtype=np.uint8)  # every 8-bit level in every channel, plus random colours
+    frame = np.stack([np.stack([levels, levels[::-1], np.roll(levels, 85)], -1),
+                      np.random.default_rng(0).integers(0, 256, (256, 3), dtype=np.uint8)])  # (2, 256, 3)
+    reference = rgb2lab(frame.astype(np.float64) / 255)
+    ours = uint8_rgb_to_lab(torch.from_numpy(frame))
+    assert ours.shape == (1, 3, 2, 256) and ours.dtype == torch.float32
+    assert np.abs(ours[0].permute(1, 2, 0).numpy() - reference).max() < 1e-3
+    with pytest.raises(ValueError, match=r"rgb: expected uint8 \(H, W, 3\)"):
+        uint8_rgb_to_lab(torch.zeros(2, 2, 3))
 
 
 def test_lab_to_rgb_matches_scikit_image_and_round_trips():

@@ -8,8 +8,8 @@ from PIL import Image
 from correspondence.config import PropagationConfig
 from correspondence.labels import PixelFeatures, index_to_soft, soft_to_index
 from correspondence.propagate import main as propagate_main
-from correspondence.propagate import (iter_propagate, make_context, mix_candidate_labels, context_radii,
-                                     propagate_labels, propagate_step)
+from correspondence.propagate import (context_radii, iter_propagate, make_context, match_dims, mix_candidate_labels,
+                                     principal_basis, project_features, propagate_labels, propagate_step)
 
 
 class PositionFeatures(nn.Module):
@@ -232,3 +232,56 @@ def test_context_windows_by_method():
     assert context_radii(PropagationConfig(radius=12.0, radius_first=10.0), learned) == (10.0, 6.0)
     assert context_radii(PropagationConfig(radius=12.0, first_frame_global=True), learned) == (0.0, 6.0)
     assert context_radii(PropagationConfig(radius=0.0, radius_previous=3.0), learned) == (0.0, 0.0)  # all global
+
+
+def test_principal_basis_spans_the_top_singular_vectors_of_the_centred_features():
+    g = torch.Generator().manual_seed(0)
+    scales = torch.tensor([9.0, 7.0, 5.0, 3.0] + [0.1] * 28)  # 4 clear principal directions among 32 channels
+    mixing = torch.linalg.qr(torch.randn(32, 32, generator=g))[0]
+    feats = (mixing @ (scales[:, None] * torch.randn(32, 6 * 10, generator=g)) + 2.0).view(32, 6, 10)
+    basis = principal_basis(feats, 4)
+    assert basis.shape == (32, 4)
+    assert torch.allclose(basis.T @ basis, torch.eye(4), atol=1e-5)
+    centred = feats.flatten(1) - feats.flatten(1).mean(1, keepdim=True)
+    reference = torch.linalg.svd(centred.double(), full_matrices=False)[0][:, :4].float()  # brute force
+    assert torch.allclose(basis @ basis.T, reference @ reference.T, atol=1e-4)  # the same subspace
+    assert principal_basis(feats, 100).shape == (32, 32)  # capped at the channel count
+    projected = project_features(feats, basis)
+    assert projected.shape == (4, 6, 10) and torch.allclose(projected.norm(dim=0), torch.ones(6, 10), atol=1e-5)
+
+
+class SubspaceFeatures(nn.Module):
+    """Position features of 3 channels embedded in 40: each frame is the previous one shifted one cell right."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.register_buffer("embed", torch.linalg.qr(torch.randn(40, 3, generator=g))[0])
+        self.register_buffer("base", torch.randn(3, 4, 48, generator=g))
+        self.t = 0
+
+    def features(self, lab):
+        z = torch.roll(self.base, shifts=self.t, dims=2)
+        self.t += 1
+        return F.normalize(torch.einsum("cd,dhw->chw", self.embed, z), dim=0)[None]
+
+
+def test_matching_on_principal_components_keeps_labels_of_features_in_a_subspace():
+    # 40-d features that span 3 dimensions: their 3 principal components keep every cosine similarity, so labels
+    # travel exactly as with all 40 channels; 1 component loses most of them.
+    frames = [np.zeros((32, 384, 3), np.uint8)] * 5
+    labels0 = _blocky_labels(32, 384, 3)
+    runs = {}
+    for dims in (0, 3, 1):
+        cfg = PropagationConfig(context_previous=2, topk=1, radius=3.0, temperature=0.01, use_bf16=False,
+                                match_dims=dims)
+        runs[dims] = torch.stack(list(iter_propagate(frames, labels0, SubspaceFeatures(), cfg)))
+    assert torch.allclose(runs[3], runs[0], atol=1e-5)
+    assert (runs[1] - runs[0]).abs().max() > 0.5
+
+
+def test_match_dims_by_method():
+    assert match_dims(PropagationConfig(), nn.Identity()) == 64
+    assert match_dims(PropagationConfig(), PixelFeatures(8)) == 0
+    assert match_dims(PropagationConfig(match_dims=16), PixelFeatures(8)) == 16
+    assert match_dims(PropagationConfig(match_dims=0), nn.Identity()) == 0
