@@ -55,8 +55,8 @@ def context_radii(cfg: PropagationConfig, model: torch.nn.Module) -> tuple[float
 def match_dims(cfg: PropagationConfig, model: torch.nn.Module) -> int:
     """Principal components of the features used for matching (0 = the features as they are).
 
-    Learned features default to ``LEARNED_MATCH_DIMS`` (fewer distractor matches and a 4x cheaper affinity than
-    all 256 channels); raw pixels (27-d) are kept whole.
+    Learned features default to ``LEARNED_MATCH_DIMS`` (measured: birds_dev J&F 0.666 with all 256 channels, 0.680
+    with 64, 0.659 with 32; and a 4x cheaper affinity); raw pixels (27-d) are kept whole.
     """
     if cfg.match_dims is not None:
         return cfg.match_dims
@@ -74,7 +74,7 @@ def principal_basis(features: torch.Tensor, dims: int) -> torch.Tensor:
 
 def project_features(features: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """(C, h, w) features onto a (C, d) basis -> (d, h, w), L2-normalized over d, in the features' dtype."""
-    C, h, w = features.shape
+    _, h, w = features.shape
     projected = basis.T @ features.flatten(1).float()
     return F.normalize(projected, dim=0).view(-1, h, w).to(features.dtype)
 
