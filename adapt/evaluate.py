@@ -224,8 +224,10 @@ def contact_cells(seq: EvalSequence, runs: dict, gt_masks: np.ndarray) -> list:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--davis", help="DAVIS root (JPEGImages/480p, Annotations/480p, ImageSets)")
-    parser.add_argument("--list", help="sequence list, relative to the DAVIS root or ImageSets (default: birds_dev.txt)")
-    parser.add_argument("--synthetic", help="folder of `python -m mesh_recon.synth videos` (use a seed unused in training)")
+    parser.add_argument("--list",
+                        help="sequence list, relative to the DAVIS root or ImageSets (default: birds_dev.txt)")
+    parser.add_argument("--synthetic",
+                        help="folder of `python -m mesh_recon.synth videos` (use a seed unused in training)")
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
     parser.add_argument("--max-frames", type=int, default=0, help="score at most N frames per sequence (0 = all)")
     parser.add_argument("--distances", default=",".join(map(str, DISTANCES)), help="reprojection distances d")
@@ -263,7 +265,8 @@ def main(argv: list[str] | None = None) -> None:
         pipeline_args = pipeline_arguments(args) + ["--cache", args.cache or scratch]
         results = [evaluate_sequence(seq, tmp / "runs" / seq.name, pipeline_args, args.distances, args.points)
                    for seq in sequences]
-        command = "python -m adapt.evaluate " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+        given = sys.argv[1:] if argv is None else argv
+        command = "python -m adapt.evaluate " + " ".join(shlex.quote(a) for a in given)
         report_io.write_all(tmp, results, args.distances, {"command": command, "max_frames": args.max_frames})
     print(f"wrote {out / 'summary.md'}, results.csv and plots for {len(sequences)} sequences")
 

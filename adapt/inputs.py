@@ -13,7 +13,7 @@ from birdmesh.video import open_frames
 
 from .config import InputConfig
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+ASSETS = Path(__file__).resolve().parent / "assets"  # package data: a wheel install has the demo too
 DEMO_VIDEO, DEMO_MASK = ASSETS / "demo_bird.mp4", ASSETS / "demo_bird_mask.png"
 
 

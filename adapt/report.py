@@ -173,7 +173,8 @@ def summary_markdown(rows: list[dict], distances, meta: dict) -> str:
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         subset = [r for r in rows if r["dataset"] == dataset]
         count = len({r["sequence"] for r in subset})
-        parts += [f"## {dataset}: mean over {count} sequence{'s' * (count != 1)}", "", *mean_table(subset, distances), ""]
+        title = f"## {dataset}: mean over {count} sequence{'s' * (count != 1)}"
+        parts += [title, "", *mean_table(subset, distances), ""]
     parts += ["## Per sequence", "", *per_sequence_table(rows, distances), "", DEFINITIONS,
               "## Plots", "![IoU per frame](iou_per_frame.png)", "", "![consistency vs d](consistency.png)", "",
               "![contact sheet: green GT, red adapted, blue frame-wise](contact_sheet.png)", ""]

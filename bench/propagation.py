@@ -36,7 +36,8 @@ from correspondence.config import PropagationConfig  # noqa: E402
 from correspondence.evaluate import _read_rgb  # noqa: E402
 from correspondence.labels import index_to_soft, soft_to_index  # noqa: E402
 from correspondence.model import UVC  # noqa: E402
-from correspondence.propagate import build_model, encode_frame, iter_propagate, labels_to_features, upsample_labels  # noqa: E402
+from correspondence.propagate import (build_model, encode_frame, iter_propagate, labels_to_features,  # noqa: E402
+                                      upsample_labels)
 
 
 METHODS = ("ours", "ours-global", "naive")

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 
-def topk_global(query: torch.Tensor, key: torch.Tensor, k: int, chunk_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_global(query: torch.Tensor, key: torch.Tensor, k: int,
+                chunk_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k cosine similarities of every query position over all key positions.
 
     Args:

@@ -30,7 +30,8 @@ def affinity_logits(feat_ref: torch.Tensor, feat_tar: torch.Tensor, temperature:
         (B, h1 * w1, h2 * w2) logits.
     """
     if feat_ref.shape[:2] != feat_tar.shape[:2]:
-        raise ValueError(f"feat_ref/feat_tar: expected the same (B, C), got {tuple(feat_ref.shape)} and {tuple(feat_tar.shape)}")
+        raise ValueError(f"feat_ref/feat_tar: expected the same (B, C), got {tuple(feat_ref.shape)} and "
+                         f"{tuple(feat_tar.shape)}")
     return torch.einsum("bcn,bcm->bnm", feat_ref.flatten(2), feat_tar.flatten(2)) / temperature
 
 

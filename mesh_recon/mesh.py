@@ -242,10 +242,12 @@ def cotangent_laplacian(verts: Tensor, faces: Tensor, normalize: bool = False) -
     V = verts.shape[0]
     diag = torch.zeros(V, dtype=verts.dtype, device=verts.device).index_add(0, rows, w)
     values = torch.cat([-w, diag])
-    index = torch.stack([torch.cat([rows, torch.arange(V, device=verts.device)]), torch.cat([cols, torch.arange(V, device=verts.device)])])
+    diagonal = torch.arange(V, device=verts.device)
+    index = torch.stack([torch.cat([rows, diagonal]), torch.cat([cols, diagonal])])
     if normalize:
         area = torch.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0], dim=-1).norm(dim=-1) / 2
-        vertex_area = torch.zeros(V, dtype=verts.dtype, device=verts.device).index_add(0, faces.reshape(-1), area.repeat_interleave(3)) / 3
+        vertex_area = torch.zeros(V, dtype=verts.dtype, device=verts.device).index_add(
+            0, faces.reshape(-1), area.repeat_interleave(3)) / 3
         values = values / vertex_area.clamp_min(1e-12)[index[0]]
     return torch.sparse_coo_tensor(index, values, (V, V), check_invariants=False).coalesce()
 

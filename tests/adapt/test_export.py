@@ -178,7 +178,8 @@ def test_camera_to_pixels_agrees_with_projecting_in_the_crop_then_mapping_pixels
     B, S, processed, original = 4, 64, (320, 180), (1280, 720)
     cams = torch.cat([0.3 + torch.rand(B, 1, generator=gen), torch.rand(B, 2, generator=gen) - 0.5,
                       random_quaternions(B, gen)], 1).double()
-    corner, side = torch.rand(B, 2, generator=gen).double() * 150 - 20, 40 + 100 * torch.rand(B, 1, generator=gen).double()
+    corner = torch.rand(B, 2, generator=gen).double() * 150 - 20
+    side = 40 + 100 * torch.rand(B, 1, generator=gen).double()
     boxes = torch.cat([corner, corner + side], 1)
     X = torch.randn(B, 20, 3, generator=gen).double()
     # Independent path: crop NDC -> pixels of an S x S crop -> processed-frame pixels -> original pixels.

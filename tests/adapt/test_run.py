@@ -111,7 +111,8 @@ def test_propagation_cache_is_reused_only_for_the_same_input_and_settings(tmp_pa
     reused = [json.loads((tmp_path / d / "report.json").read_text())["propagation_reused"] for d in "ab"]
     assert reused == [False, True]
     for name in ("parts/00003.png", "masks/00003.png"):
-        assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / name)), np.asarray(Image.open(tmp_path / "b" / name)))
+        first, second = (np.asarray(Image.open(tmp_path / run / name)) for run in ("a", "b"))
+        assert np.array_equal(first, second)
     _run([*base, "--out", str(tmp_path / "c")], predictor_checkpoint, ["propagation.topk=3"])
     assert len(calls) == 2 and len(list(cache.glob("propagation-*.pt"))) == 2
     next(cache.glob("propagation-*.pt")).write_bytes(b"not a checkpoint")

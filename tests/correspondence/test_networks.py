@@ -29,7 +29,8 @@ def test_fuse_batchnorm_keeps_the_eval_function_and_removes_every_batchnorm():
         fused = fuse_batchnorm(copy.deepcopy(encoder))
         got = fused(lab)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
-    assert sum(isinstance(m, nn.Conv2d) for m in fused.modules()) == sum(isinstance(m, nn.Conv2d) for m in encoder.modules())
+    fused_convs, convs = (sum(isinstance(m, nn.Conv2d) for m in net.modules()) for net in (fused, encoder))
+    assert fused_convs == convs
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
