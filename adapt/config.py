@@ -35,6 +35,10 @@ class PartsConfig:
 class PredictorSettings:
     checkpoint: str = ""  # mesh predictor weights ("" = the shipped mesh_recon/weights/cmr_bird_cpu.pt)
     crop_padding: NonNegative = 0.2  # margin around the mask's box in the predictor's square crop (as in training)
+    # a predictor with an alignment head (model.align_stages > 0) moves vertices to fit each frame: "video" averages
+    # its moves over the frames (each adaptation window, then the whole video) so the video keeps one shape;
+    # "frame" keeps each frame's own (the frame-wise baseline always does)
+    align_pooling: Literal["video", "frame"] = "video"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from mesh_recon.crop import crop_cameras_to_pixels
 from mesh_recon.geometry import weak_perspective_project
 from mesh_recon.losses import masked_l1, silhouette_loss
 from mesh_recon.mesh import uniform_laplacian
-from mesh_recon.predictor import MeshPredictor, Prediction, texture_from_flow
+from mesh_recon.predictor import MeshPredictor, Prediction, pool_alignment, texture_from_flow
 from mesh_recon.render import SoftRenderer, SoftRenderSettings
 
 from .config import LossWeights, OptimConfig
@@ -53,14 +53,20 @@ class VideoMaps:
 
 
 @torch.no_grad()
-def predict_frames(model: MeshPredictor, images: Tensor, batch_size: int = 16) -> Prediction:
-    """The predictor on every crop (no gradient), batched; returns one Prediction for all T frames."""
+def predict_frames(model: MeshPredictor, images: Tensor, batch_size: int = 16, pool_keep: Tensor | None = None
+                   ) -> Prediction:
+    """The predictor on every crop (no gradient), batched; returns one Prediction for all T frames.
+
+    With ``pool_keep`` ((T,) bool), the alignment head's moves are averaged over those frames
+    (``pool_alignment``): one shape correction for the whole video.
+    """
     preds = [model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
     first = preds[0]
-    cat = {name: torch.cat([getattr(p, name) for p in preds]) for name in ("verts", "delta_v", "cams", "uv_flow",
-                                                                           "kp3d")}
-    return Prediction(**cat, vert2kp=first.vert2kp, mean_verts=first.mean_verts, faces=first.faces,
+    cat = {name: None if getattr(first, name) is None else torch.cat([getattr(p, name) for p in preds])
+           for name in Prediction.BATCHED}
+    pred = Prediction(**cat, vert2kp=first.vert2kp, mean_verts=first.mean_verts, faces=first.faces,
                       face_uvs=first.face_uvs)
+    return pred if pool_keep is None else pool_alignment(pred, pool_keep)
 
 
 def video_maps(pred: Prediction, crops: VideoCrops, chunk: int = 16) -> VideoMaps:
@@ -143,12 +149,13 @@ def frame_windows(num_frames: int, batch_size: int, seed: int) -> Iterator[np.nd
 
 
 def adapt_predictor(model: MeshPredictor, crops: VideoCrops, maps: VideoMaps, cfg: OptimConfig,
-                    weights: LossWeights, seed: int = 0) -> list[dict]:
+                    weights: LossWeights, seed: int = 0, pool_align: bool = True) -> list[dict]:
     """Fine-tune the predictor on one video; returns the loss history (one dict per step).
 
     Each step takes a window of up to ``batch_size`` consecutive frames (``frame_windows``). The model stays in
     eval mode (BatchNorm keeps its training statistics: a window of one video is not a representative batch).
-    The shared base shape follows the predicted shapes as a running average.
+    The shared base shape follows the predicted shapes as a running average. ``pool_align``: the alignment
+    head's moves are averaged over each window's valid frames (``pool_alignment``), as over the whole video after.
     """
     params = select_parameters(model, cfg.layers)
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
@@ -163,6 +170,8 @@ def adapt_predictor(model: MeshPredictor, crops: VideoCrops, maps: VideoMaps, cf
         tic = time.time()
         frames = torch.from_numpy(next(windows)).to(crops.images.device)
         pred = model(crops.images[frames])
+        if pool_align:
+            pred = pool_alignment(pred, crops.valid[frames])
         loss, stats = adaptation_losses(pred, crops, frames, VideoMaps(maps.parts, maps.texture, base), renderer,
                                         laplacian, weights)
         optimizer.zero_grad(set_to_none=True)

@@ -41,8 +41,8 @@ def apply_corrections(pred: Prediction, offsets: Tensor, cam_deltas: Tensor, sym
 
 
 def _select(pred: Prediction, frames: Tensor) -> Prediction:
-    return dataclasses.replace(pred, verts=pred.verts[frames], delta_v=pred.delta_v[frames], cams=pred.cams[frames],
-                               uv_flow=pred.uv_flow[frames], kp3d=pred.kp3d[frames])
+    return dataclasses.replace(pred, **{name: getattr(pred, name)[frames] for name in Prediction.BATCHED
+                                        if getattr(pred, name) is not None})
 
 
 def refine_frames(pred: Prediction, crops: VideoCrops, maps: VideoMaps, sym: SymmetricMesh, cfg: OptimConfig,

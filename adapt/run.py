@@ -81,16 +81,17 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
         print(f"warning: {warnings[-1]}", flush=True)
     lap("propagate")
     # 2-3. Per-frame predictions, video-level UV maps.
-    pred = predict_frames(predictor, crops.images)
+    pool = cfg.predictor.align_pooling == "video" and not args.no_adapt
+    pred = predict_frames(predictor, crops.images, pool_keep=crops.valid if pool else None)
     maps = video_maps(pred, crops)
     lap("predict")
     # 4. Online adaptation.
-    history = [] if args.no_adapt else adapt_predictor(predictor, crops, maps, cfg.optim, cfg.loss, cfg.seed)
+    history = [] if args.no_adapt else adapt_predictor(predictor, crops, maps, cfg.optim, cfg.loss, cfg.seed, pool)
     lap("adapt")
     # 4b. The adapted predictions, then per-frame refinement (pooled maps and base shape from the adapted model).
     final, refine_history = maps, []
     if not args.no_adapt:  # the frame-wise baseline keeps the predictions and maps of steps 2-3
-        pred = predict_frames(predictor, crops.images)
+        pred = predict_frames(predictor, crops.images, pool_keep=crops.valid if pool else None)
         final = video_maps(pred, crops)
         pred, refine_history = refine_frames(pred, crops, final, predictor.template.sym, cfg.optim, cfg.loss,
                                              cfg.seed)
@@ -153,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_output_dir(out, args.overwrite) as tmp:
         save_config(cfg, tmp)
         report = run(args, cfg, tmp)
-    print(f"wrote {report['frames']} meshes to {out} ({', '.join(f'{k} {v:.1f} s' for k, v in report['timings_s'].items())})")
+    timings = ", ".join(f"{k} {v:.1f} s" for k, v in report["timings_s"].items())
+    print(f"wrote {report['frames']} meshes to {out} ({timings})")
 
 
 if __name__ == "__main__":

@@ -129,8 +129,8 @@ def _bird_faces(data_dir: str | None) -> Tensor:
 
 
 def _slice(pred: Prediction, k: int) -> Prediction:
-    batched = {"verts", "delta_v", "cams", "uv_flow", "kp3d"}
-    return Prediction(**{name: value[:k] if name in batched else value for name, value in pred.__dict__.items()})
+    return Prediction(**{name: value[:k] if name in Prediction.BATCHED and value is not None else value
+                         for name, value in pred.__dict__.items()})
 
 
 def _read_frame(path: Path) -> Tensor:

@@ -11,6 +11,7 @@ features sampled where they project (``VertexAlignHead``). Keypoints: kp3d = sof
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,7 @@ class Prediction:
         vert2kp: (K, V) keypoint distributions over vertices (rows sum to 1).
         mean_verts: (V, 3) the learned mean shape.
         faces: (F, 3) int64 faces (shared by the batch); face_uvs: (F, 3, 2) per-corner UV ([-1, 1], u wraps).
+        align_moves: (B, V, 3) what the alignment head added to ``verts`` (canonical), None without one.
     """
 
     verts: Tensor
@@ -48,6 +50,9 @@ class Prediction:
     mean_verts: Tensor
     faces: Tensor
     face_uvs: Tensor
+    align_moves: Tensor | None = None
+
+    BATCHED = ("verts", "delta_v", "cams", "uv_flow", "kp3d", "align_moves")  # fields with one entry per image
 
 
 class MeshPredictor(nn.Module):
@@ -99,14 +104,36 @@ class MeshPredictor(nn.Module):
         delta_v = symmetrize_vertices(self.shape_head(feature), self.template.sym)
         verts = mean + delta_v
         cams = self.camera_head(feature)
+        moves = None
         if self.align_head is not None:
             if maps is None:
                 raise ValueError("maps: the alignment head needs the encoder's maps (Encoder.forward_maps)")
-            verts = self.align_head(verts, cams, maps)
+            aligned = self.align_head(verts, cams, maps)
+            verts, moves = aligned, aligned - verts
             delta_v = verts - mean
         vert2kp = torch.softmax(self.vert2kp_logits, dim=1)
         return Prediction(verts, delta_v, cams, self.flow_head(feature), vert2kp @ verts, vert2kp, mean,
-                          self.faces, self.face_uvs)
+                          self.faces, self.face_uvs, moves)
+
+
+def pool_alignment(pred: Prediction, keep: Tensor | None = None) -> Prediction:
+    """The prediction with the alignment head's moves averaged over the batch, for frames of one video.
+
+    Per frame, the head moves vertices across the screen to fit that frame's silhouette, so a video's shapes drift
+    from frame to frame (a mesh rendered with another frame's camera then fits worse); one shared move keeps the
+    correction and the video's shape consistent. Differentiable; unchanged without an alignment head.
+    Args:
+        pred: Prediction of B frames; keep: (B,) bool frames whose moves are averaged (None or none kept = all).
+    """
+    if pred.align_moves is None:
+        return pred
+    moves = pred.align_moves
+    if keep is not None and bool(keep.any()):
+        moves = moves[keep]
+    shared = moves.mean(dim=0, keepdim=True).expand_as(pred.align_moves)
+    verts = pred.verts - pred.align_moves + shared
+    return dataclasses.replace(pred, verts=verts, delta_v=verts - pred.mean_verts, kp3d=pred.vert2kp @ verts,
+                               align_moves=shared)
 
 
 def texture_from_flow(images: Tensor, uv_flow: Tensor) -> Tensor:
@@ -138,4 +165,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MeshPredictor", "Prediction", "texture_from_flow", "project_vertices", "project_keypoints", "UV_SIZE"]
+__all__ = ["MeshPredictor", "Prediction", "pool_alignment", "texture_from_flow", "project_vertices", "project_keypoints", "UV_SIZE"]

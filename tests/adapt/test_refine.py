@@ -102,3 +102,20 @@ def test_coverage_pulls_the_mesh_into_mask_parts_the_silhouette_term_cannot_see(
 
     without, with_coverage = patch_covered(0.0), patch_covered(50.0)
     assert without < 0.1 and with_coverage > 0.5, (without, with_coverage)
+
+
+def test_batched_predictions_pool_the_alignment_over_the_whole_video():
+    torch.manual_seed(0)
+    model = MeshPredictor(ModelConfig(image_size=S, align_stages=1)).eval()
+    with torch.no_grad():
+        model.align_head.stages[0].out.weight.normal_(std=0.05)
+    images, keep = torch.rand(5, 3, S, S), torch.tensor([True, True, False, True, True])
+    frame_wise = predict_frames(model, images, batch_size=2)  # chunks of 2, 2, 1
+    with torch.no_grad():
+        torch.testing.assert_close(frame_wise.verts, model(images).verts)
+    pooled = predict_frames(model, images, batch_size=2, pool_keep=keep)
+    moves = frame_wise.align_moves
+    assert (moves[0] - moves[1]).abs().max() > 1e-4, "the head must move frames differently for a real test"
+    expected = frame_wise.verts - moves + moves[keep].mean(0)
+    torch.testing.assert_close(pooled.verts, expected)
+    torch.testing.assert_close(pooled.cams, frame_wise.cams)

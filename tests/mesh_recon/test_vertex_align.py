@@ -11,7 +11,7 @@ from birdmesh.checkpoint import save_checkpoint
 from birdmesh.config import config_to_dict
 from birdmesh.errors import UserError
 from mesh_recon.geometry import weak_perspective_project
-from mesh_recon.predictor import MeshPredictor
+from mesh_recon.predictor import MeshPredictor, pool_alignment
 from mesh_recon.predictor_config import CMRConfig, ModelConfig
 from mesh_recon.predictor_networks import sample_at_points
 from mesh_recon.train import _resume
@@ -43,6 +43,16 @@ def aligned_predictor(stages: int = 2, seed: int = 0) -> MeshPredictor:
     return MeshPredictor(ModelConfig(image_size=64, align_stages=stages))
 
 
+def moving_predictor() -> MeshPredictor:
+    """An alignment head whose last layers are not zero, so it moves vertices."""
+    model = aligned_predictor().eval()
+    with torch.no_grad():
+        for stage in model.align_head.stages:
+            stage.out.weight.normal_(std=0.05)
+            stage.out.bias.normal_(std=0.05)
+    return model
+
+
 def test_a_new_head_leaves_the_prediction_unchanged():
     base = aligned_predictor(stages=0).eval()
     with torch.no_grad():
@@ -58,17 +68,45 @@ def test_a_new_head_leaves_the_prediction_unchanged():
 
 
 def test_refined_meshes_stay_exactly_mirror_symmetric():
-    model = aligned_predictor().eval()
+    model = moving_predictor()
     with torch.no_grad():
-        for stage in model.align_head.stages:
-            stage.out.weight.normal_(std=0.05)
-            stage.out.bias.normal_(std=0.05)
         pred = model(torch.rand(2, 3, 64, 64))
     sym = model.template.sym
     assert (pred.verts - pred.mean_verts).abs().max() > 1e-3, "the head moved nothing: the test would be empty"
     for verts in (pred.verts, pred.delta_v):
         assert torch.equal(verts[:, sym.mirror_index] * MIRROR, verts)
     torch.testing.assert_close(pred.kp3d, pred.vert2kp @ pred.verts)
+
+
+def test_pooled_alignment_adds_the_mean_of_the_kept_frames_moves():
+    model = moving_predictor()
+    with torch.no_grad():
+        model.shape_head.linear.weight.normal_(std=0.05)  # frames differ before the head too
+        pred = model(torch.rand(4, 3, 64, 64))
+    before = pred.verts - pred.align_moves  # what the shape head alone gave
+    keep = torch.tensor([True, False, True, True])
+    pooled = pool_alignment(pred, keep)
+    shared = (pred.align_moves[0] + pred.align_moves[2] + pred.align_moves[3]) / 3  # frame 1 left out
+    for b in range(4):
+        torch.testing.assert_close(pooled.verts[b], before[b] + shared)
+    torch.testing.assert_close(pooled.delta_v, pooled.verts - pred.mean_verts)
+    torch.testing.assert_close(pooled.kp3d, pred.vert2kp @ pooled.verts)
+    sym = model.template.sym
+    assert torch.equal(pooled.verts[:, sym.mirror_index] * MIRROR, pooled.verts)
+    # No frame kept (the object vanished everywhere): every frame's move counts.
+    everyone = pool_alignment(pred, torch.zeros(4, dtype=torch.bool))
+    torch.testing.assert_close(everyone.verts, before + pred.align_moves.mean(0))
+    assert pool_alignment(aligned_predictor(stages=0).eval()(torch.rand(2, 3, 64, 64))).align_moves is None
+
+
+def test_a_pooled_frame_depends_on_every_frame_and_stays_trainable():
+    model = moving_predictor()
+    images = torch.rand(3, 3, 64, 64, requires_grad=True)
+    pooled = pool_alignment(model(images))
+    grad_images, grad_head = torch.autograd.grad(pooled.verts[0].sum(),
+                                                 [images, model.align_head.stages[-1].out.weight])
+    assert all(grad_images[b].abs().sum() > 0 for b in range(3)), "frame 0's shape must see the other frames"
+    assert grad_head.abs().sum() > 0
 
 
 @pytest.mark.parametrize("angle", [0.0, 0.7, -2.0])
