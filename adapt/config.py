@@ -51,8 +51,10 @@ class LossWeights:
     # pixel_stride 4; 200 gave 0.715)
     coverage: NonNegative = 50.0
     texture: NonNegative = 0.5  # shared video texture rendered vs the frame (masked L1)
-    arap: NonNegative = 0.3  # ARAP energy between each frame's mesh and the shared base shape (birds_dev: 1 -> 0.3
-    # raised the adapted IoU 0.762 -> 0.770 and consistency d=10 0.732 -> 0.743; 0.1 gave 0.763)
+    # ARAP energy between each frame's mesh and the shared base shape. With the predictor's alignment head (shipped
+    # since 2026-12-02) 0.3 -> 1 keeps the video's shapes closer (birds_dev seed 0: consistency d=10 0.700 -> 0.704,
+    # IoU 0.808 -> 0.811); the step-17500 predictor without the head preferred 0.3 (IoU 0.762 -> 0.770)
+    arap: NonNegative = 1.0
     laplacian: NonNegative = 1.0  # Laplacian of the residual (frame mesh - base shape)
     camera_smooth: NonNegative = 1.0  # consecutive-frame camera change (pixels / frame size, quaternion)
     residual_smooth: NonNegative = 1.0  # consecutive-frame change of the residual
