@@ -8,7 +8,7 @@ frame, first frame + 7 previous predictions as references, per reference the top
 softmax(similarity / temperature), the 8 propagations averaged. Methods:
   ours         the default propagation (the first frame within ``radius_first``, the previous frames within
                ``radius_previous``, on the first frame's principal components, one top-k over all of them);
-  ours-global  our streaming code on the naive protocol (radius off, all channels, per-frame top-k averaged):
+  ours-global  our streaming code on the naive protocol (radius off, all output channels, per-frame top-k averaged):
                J&F must match;
   naive        the protocol written plainly, full affinity matrices.
 """
@@ -85,7 +85,7 @@ def run_child(method: str, seq_name: str, frames: int, checkpoint: str) -> dict:
         stream = list(iter_propagate(iter(images), labels0, model, PropagationConfig()))
     elif method == "ours-global":
         protocol = PropagationConfig(radius=0, first_frame_global=True, context_mixing="average", use_bf16=False,
-                                    match_dims=0)
+                                    match_dims=0, layer2_weight=0.0)
         stream = list(iter_propagate(iter(images), labels0, model, protocol))
     else:
         stream = naive_uvc(images, labels0, model)

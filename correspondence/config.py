@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from birdmesh.config import Count, NonNegative, NonNegativeInt, Positive
+from birdmesh.config import Count, Fraction, NonNegative, NonNegativeInt, Positive
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,9 @@ class PropagationConfig:
     # channels); None = by method: 64 for learned features (birds_dev J&F 0.666 -> 0.680, affinity 4x cheaper),
     # all 27 for raw pixels
     match_dims: Optional[NonNegativeInt] = None
+    # share of the learned encoder's layer2 in the similarity (the rest is its output layer's; 0 = output only, as
+    # UVC); None = by method: 0.5 for learned features (birds_dev J&F 0.680 -> 0.729), raw pixels ignore it
+    layer2_weight: Optional[Fraction] = None
     max_side: Count = 854  # frames are resized so their longer side is at most this
     chunk_size: Count = 2048  # target positions per affinity chunk (bounds memory)
     # joint: one top-k over the candidates of all context frames; average: a top-k per frame, frames averaged (UVC)

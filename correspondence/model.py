@@ -44,9 +44,10 @@ class UVC(nn.Module):
         self.autoencoder = ColorAutoencoder(cfg.ae_channels)
         self.temperature = cfg.temperature
 
-    def features(self, lab: torch.Tensor) -> torch.Tensor:
-        """Lab (B, 3, H, W) -> L2-normalized features (B, C, H / 8, W / 8)."""
-        return self.encoder(lab)
+    def features(self, lab: torch.Tensor, layer2_weight: float = 0.0) -> torch.Tensor:
+        """Lab (B, 3, H, W) -> L2-normalized features (B, C, H / 8, W / 8); with ``layer2_weight`` > 0, layer2's
+        joined to them (``GrayEncoder.with_layer2``, 128 + C channels, unit norm)."""
+        return self.encoder.with_layer2(lab, layer2_weight) if layer2_weight > 0 else self.encoder(lab)
 
     def forward(self, batch: PairBatch, loss_cfg: LossConfig, phase: int, patch_size: int,
                 warmup_size: int, reject: bool) -> tuple[torch.Tensor, dict]:

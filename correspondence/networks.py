@@ -27,6 +27,9 @@ def denormalize_lab(lab_normalized: torch.Tensor) -> torch.Tensor:
     return (lab_normalized + shift) * scale
 
 
+LAYER2_END = 6  # GrayEncoder.body[:6] = conv1, bn1, relu, maxpool, layer1, layer2
+
+
 class GrayEncoder(nn.Module):
     """ResNet-18 (torchvision definition, random init) on the L channel, output stride 8.
 
@@ -49,6 +52,17 @@ class GrayEncoder(nn.Module):
     def forward(self, lab: torch.Tensor) -> torch.Tensor:
         """Lab (B, 3, H, W) -> L2-normalized features (B, C, H / 8, W / 8)."""
         return F.normalize(self.body(lab_to_network_input(lab)), dim=1)
+
+    def with_layer2(self, lab: torch.Tensor, layer2_weight: float) -> torch.Tensor:
+        """Lab (B, 3, H, W) -> (B, 128 + C, H / 8, W / 8): layer2's features and the output's, each L2-normalized
+        and scaled by sqrt(w) and sqrt(1 - w), so a dot product is w * layer2's cosine + (1 - w) * the output's.
+
+        layer2 (stride 8 too) keeps finer appearance than the stride-1 layers after it, at no extra cost.
+        """
+        layer2 = self.body[:LAYER2_END](lab_to_network_input(lab))
+        out = self.body[LAYER2_END:](layer2)
+        return torch.cat([F.normalize(layer2, dim=1) * layer2_weight ** 0.5,
+                          F.normalize(out, dim=1) * (1 - layer2_weight) ** 0.5], dim=1)
 
 
 def fuse_batchnorm(module: nn.Module) -> nn.Module:

@@ -8,8 +8,10 @@ from PIL import Image
 from correspondence.config import PropagationConfig
 from correspondence.labels import PixelFeatures, index_to_soft, soft_to_index
 from correspondence.propagate import main as propagate_main
-from correspondence.propagate import (context_radii, iter_propagate, make_context, match_dims, mix_candidate_labels,
-                                     principal_basis, project_features, propagate_labels, propagate_step)
+from correspondence.model import UVC
+from correspondence.propagate import (context_radii, iter_propagate, layer2_weight, make_context, match_dims,
+                                     mix_candidate_labels, principal_basis, project_features, propagate_labels,
+                                     propagate_step)
 
 
 class PositionFeatures(nn.Module):
@@ -285,3 +287,26 @@ def test_match_dims_by_method():
     assert match_dims(PropagationConfig(), PixelFeatures(8)) == 0
     assert match_dims(PropagationConfig(match_dims=16), PixelFeatures(8)) == 16
     assert match_dims(PropagationConfig(match_dims=0), nn.Identity()) == 0
+
+
+def test_layer2_weight_by_method():
+    assert layer2_weight(PropagationConfig(), UVC()) == 0.5
+    assert layer2_weight(PropagationConfig(layer2_weight=0.2), UVC()) == 0.2
+    assert layer2_weight(PropagationConfig(layer2_weight=0.2), PixelFeatures(8)) == 0.0
+    assert layer2_weight(PropagationConfig(), PositionFeatures()) == 0.0  # any feature model without layers
+
+
+def test_layer2_features_mix_the_two_layers_cosines_with_the_weight():
+    torch.manual_seed(0)
+    model = UVC().eval()
+    lab = torch.rand(1, 3, 48, 64) * torch.tensor([100.0, 60.0, 60.0]).view(1, 3, 1, 1)
+    captured = {}
+    model.encoder.body[5].register_forward_hook(lambda module, inputs, output: captured.update(layer2=output))
+    with torch.no_grad():
+        joined = model.features(lab, 0.3)[0].flatten(1)  # (128 + 256, N)
+        output = model.features(lab)[0].flatten(1)
+    layer2 = F.normalize(captured["layer2"][0].flatten(1), dim=0)
+    assert joined.shape[0] == 128 + 256
+    torch.testing.assert_close(joined.norm(dim=0), torch.ones(joined.shape[1]))
+    expected = 0.3 * layer2.T @ layer2 + 0.7 * output.T @ output  # the cosines of each layer, mixed
+    torch.testing.assert_close(joined.T @ joined, expected, atol=1e-5, rtol=1e-4)
