@@ -41,9 +41,10 @@ from correspondence.propagate import (build_model, encode_frame, iter_propagate,
 
 
 METHODS = ("ours", "ours-global", "naive")
+PROTOCOL_TEMPERATURE = 0.02  # the issue's protocol (our learned default is 0.05)
 
 
-def naive_uvc(frames, labels0, model, topk=5, previous=7, temperature=PropagationConfig().temperature):
+def naive_uvc(frames, labels0, model, topk=5, previous=7, temperature=PROTOCOL_TEMPERATURE):
     """UVC's protocol written plainly: full affinities, per-reference top-k, average of the references."""
     feats, labels, out = [], [], []
     for t, frame in enumerate(frames):
@@ -85,7 +86,7 @@ def run_child(method: str, seq_name: str, frames: int, checkpoint: str) -> dict:
         stream = list(iter_propagate(iter(images), labels0, model, PropagationConfig()))
     elif method == "ours-global":
         protocol = PropagationConfig(radius=0, first_frame_global=True, context_mixing="average", use_bf16=False,
-                                    match_dims=0, layer2_weight=0.0)
+                                    match_dims=0, layer2_weight=0.0, temperature=PROTOCOL_TEMPERATURE)
         stream = list(iter_propagate(iter(images), labels0, model, protocol))
     else:
         stream = naive_uvc(images, labels0, model)

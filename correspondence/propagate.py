@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -38,6 +39,7 @@ from .networks import fuse_batchnorm
 LEARNED_RADII = (8.0, 6.0)  # default windows of the first and the previous frames for learned features
 LEARNED_MATCH_DIMS = 64  # default principal components kept for matching learned features
 LEARNED_LAYER2_WEIGHT = 0.5  # default share of the encoder's layer2 in the learned features' similarity
+TEMPERATURES = {"pixels": 0.02, "learned": 0.05}  # default softmax temperatures by method (see PropagationConfig)
 
 
 def context_radii(cfg: PropagationConfig, model: torch.nn.Module) -> tuple[float, float]:
@@ -63,6 +65,13 @@ def match_dims(cfg: PropagationConfig, model: torch.nn.Module) -> int:
     if cfg.match_dims is not None:
         return cfg.match_dims
     return 0 if isinstance(model, PixelFeatures) else LEARNED_MATCH_DIMS
+
+
+def softmax_temperature(cfg: PropagationConfig, model: torch.nn.Module) -> float:
+    """The temperature of the softmax over the top-k similarities: ``cfg.temperature``, else by method."""
+    if cfg.temperature is not None:
+        return cfg.temperature
+    return TEMPERATURES["pixels" if isinstance(model, PixelFeatures) else "learned"]
 
 
 def layer2_weight(cfg: PropagationConfig, model: torch.nn.Module) -> float:
@@ -165,9 +174,12 @@ def propagate_step(target_feat: torch.Tensor, context: list[ContextFrame], cfg: 
         target_feat: (C, h, w) target features.
         context: the first frame, then previous frames; each is matched within its window when it carries
             tiles, globally otherwise.
+        cfg: with its temperature set (``iter_propagate`` resolves None with ``softmax_temperature``).
     Returns:
         (L, h, w) soft labels.
     """
+    if cfg.temperature is None:
+        raise ValueError("cfg.temperature: None; resolve it by method with softmax_temperature(cfg, model)")
     C, h, w = target_feat.shape
     query = target_feat.flatten(1)
     queries = None
@@ -198,6 +210,7 @@ def iter_propagate(frames: Iterable[np.ndarray], labels0: torch.Tensor, model: t
         frames: uint8 RGB frames (H, W, 3), the first one labelled.
         labels0: (L, H, W) soft labels of the first frame, channel 0 background.
     """
+    cfg = dataclasses.replace(cfg, temperature=softmax_temperature(cfg, model))
     previous: collections.deque = collections.deque(maxlen=max(cfg.context_previous, 0))
     first, (radius_first, radius_previous) = None, context_radii(cfg, model)
     dims, basis, layer2 = match_dims(cfg, model), None, layer2_weight(cfg, model)

@@ -11,7 +11,7 @@ from correspondence.propagate import main as propagate_main
 from correspondence.model import UVC
 from correspondence.propagate import (context_radii, iter_propagate, layer2_weight, make_context, match_dims,
                                      mix_candidate_labels, principal_basis, project_features, propagate_labels,
-                                     propagate_step)
+                                     propagate_step, softmax_temperature)
 
 
 class PositionFeatures(nn.Module):
@@ -310,3 +310,13 @@ def test_layer2_features_mix_the_two_layers_cosines_with_the_weight():
     torch.testing.assert_close(joined.norm(dim=0), torch.ones(joined.shape[1]))
     expected = 0.3 * layer2.T @ layer2 + 0.7 * output.T @ output  # the cosines of each layer, mixed
     torch.testing.assert_close(joined.T @ joined, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_softmax_temperature_by_method_and_resolved_before_matching():
+    assert softmax_temperature(PropagationConfig(), PixelFeatures(8)) == 0.02  # the benchmark protocol
+    assert softmax_temperature(PropagationConfig(), UVC()) == 0.05
+    assert softmax_temperature(PropagationConfig(temperature=0.3), UVC()) == 0.3
+    feats = torch.randn(4, 3, 3)
+    context = [make_context(feats, torch.ones(2, 3, 3), 0.0)]
+    with pytest.raises(ValueError, match="softmax_temperature"):
+        propagate_step(feats, context, PropagationConfig())
