@@ -82,7 +82,8 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     lap("propagate")
     # 2-3. Per-frame predictions, video-level UV maps.
     pool = cfg.predictor.align_pooling == "video" and not args.no_adapt
-    pred = predict_frames(predictor, crops.images, pool_keep=crops.valid if pool else None)
+    pool_keep = crops.valid if pool else None  # frames whose alignment moves the video shares
+    pred = predict_frames(predictor, crops.images, pool_keep=pool_keep)
     maps = video_maps(pred, crops)
     lap("predict")
     # 4. Online adaptation.
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     # 4b. The adapted predictions, then per-frame refinement (pooled maps and base shape from the adapted model).
     final, refine_history = maps, []
     if not args.no_adapt:  # the frame-wise baseline keeps the predictions and maps of steps 2-3
-        pred = predict_frames(predictor, crops.images, pool_keep=crops.valid if pool else None)
+        pred = predict_frames(predictor, crops.images, pool_keep=pool_keep)
         final = video_maps(pred, crops)
         pred, refine_history = refine_frames(pred, crops, final, predictor.template.sym, cfg.optim, cfg.loss,
                                              cfg.seed)

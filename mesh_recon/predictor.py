@@ -165,4 +165,5 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MeshPredictor", "Prediction", "pool_alignment", "texture_from_flow", "project_vertices", "project_keypoints", "UV_SIZE"]
+__all__ = ["MeshPredictor", "Prediction", "pool_alignment", "texture_from_flow", "project_vertices",
+           "project_keypoints", "UV_SIZE"]
