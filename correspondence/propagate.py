@@ -86,6 +86,16 @@ def layer2_weight(cfg: PropagationConfig, model: torch.nn.Module) -> float:
     return LEARNED_LAYER2_WEIGHT if cfg.layer2_weight is None else cfg.layer2_weight
 
 
+def bf16_allowed(cfg: PropagationConfig, model: torch.nn.Module) -> bool:
+    """``cfg.use_bf16`` for learned features; raw pixels always match in float32.
+
+    Uncentred Lab pixels all point nearly the same way, so their cosines crowd just below 1, where bfloat16 keeps
+    steps of 2^-8: the top-k ties and the labels drift (birds_dev pixels J&F 0.865 -> 0.792 on a CPU with native
+    bf16). Learned features spread their cosines (0.745 in float32, 0.747 in bf16).
+    """
+    return cfg.use_bf16 and not isinstance(model, PixelFeatures)
+
+
 def principal_basis(features: torch.Tensor, dims: int) -> torch.Tensor:
     """(C, h, w) features -> (C, d) orthonormal basis of their d = min(dims, C) main principal directions
     (eigenvectors of the centred channel covariance over all positions), in float32."""
@@ -214,12 +224,13 @@ def iter_propagate(frames: Iterable[np.ndarray], labels0: torch.Tensor, model: t
     previous: collections.deque = collections.deque(maxlen=max(cfg.context_previous, 0))
     first, (radius_first, radius_previous) = None, context_radii(cfg, model)
     dims, basis, layer2 = match_dims(cfg, model), None, layer2_weight(cfg, model)
+    use_bf16 = bf16_allowed(cfg, model)
     for frame in frames:
-        feat = encode_frame(model, frame, cfg.use_bf16, layer2)
+        feat = encode_frame(model, frame, use_bf16, layer2)
         if dims:  # the first frame's principal subspace serves the whole video
             basis = principal_basis(feat, dims) if basis is None else basis
             feat = project_features(feat, basis)
-        if bf16_matching(cfg.use_bf16, feat.device):
+        if bf16_matching(use_bf16, feat.device):
             feat = feat.bfloat16()  # matching in bfloat16 is ~3x faster on CPUs with bf16 units
         if first is None:
             labels = labels_to_features(labels0.to(feat.device), tuple(feat.shape[-2:]))

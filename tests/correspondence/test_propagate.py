@@ -176,6 +176,26 @@ def test_bf16_matching_only_on_cpus_with_native_bf16(monkeypatch, native):
     assert torch.allclose(out, reference, atol=1e-2)  # same labels in either precision
 
 
+def test_raw_pixels_match_in_float32_even_where_bf16_is_native(monkeypatch):
+    import correspondence.propagate as propagate
+
+    # Smooth colour texture drifting one pixel per frame: raw-pixel cosines all lie close to 1, where bfloat16
+    # rounding would tie the top-k and change the labels.
+    monkeypatch.setattr(propagate, "cpu_has_fast_bf16", lambda: True)
+    g = torch.Generator().manual_seed(0)
+    texture = F.interpolate(torch.rand(1, 3, 8, 14, generator=g), size=(32, 56), mode="bicubic")[0]
+    texture = (texture.clamp(0, 1) * 60 + 100).permute(1, 2, 0).numpy().astype(np.uint8)
+    frames = [np.ascontiguousarray(texture[:, t:t + 48]) for t in range(4)]
+    labels0 = _blocky_labels(32, 48, 3)
+    model = PixelFeatures(8)
+    on = dict(context_previous=2, topk=3, radius=3.0, temperature=0.02)
+    assert propagate.bf16_allowed(PropagationConfig(use_bf16=True), model) is False
+    assert propagate.bf16_allowed(PropagationConfig(use_bf16=True), PositionFeatures()) is True
+    out = propagate_labels(frames, labels0, model, PropagationConfig(**on, use_bf16=True))
+    reference = propagate_labels(frames, labels0, model, PropagationConfig(**on, use_bf16=False))
+    assert torch.equal(out, reference)
+
+
 def test_average_mixing_gives_each_context_frame_an_equal_vote():
     from correspondence.propagate import ContextFrame, propagate_step
 
