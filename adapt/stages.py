@@ -26,6 +26,10 @@ from .inputs import VideoInput, grabcut
 from .optimize import VideoCrops
 from .parts import random_parts
 
+# Bumped whenever the propagation's output changes for the same settings, so older cached results are not reused
+# (2: raw pixels match in float32 on CPUs with native bf16).
+PROPAGATION_CODE_VERSION = 2
+
 
 def frame_tensor(frame: np.ndarray, device) -> Tensor:
     """uint8 (H, W, 3) -> float (1, 3, H, W) in [0, 1]."""
@@ -98,7 +102,8 @@ def propagation_key(video: VideoInput, labels0: Tensor, cfg: AdaptConfig, crop_s
     """A digest of everything ``propagate_and_crop`` reads: frames, first-frame labels, the settings that shape the
     propagation and the crops, the correspondence weights file and the device (bf16 paths differ by device)."""
     settings = {name: config_to_dict(getattr(cfg, name)) for name in ("correspondence", "propagation", "parts")}
-    settings.update(crop_size=crop_size, crop_padding=cfg.predictor.crop_padding, device=str(device))
+    settings.update(crop_size=crop_size, crop_padding=cfg.predictor.crop_padding, device=str(device),
+                    code_version=PROPAGATION_CODE_VERSION)
     if cfg.correspondence.method != "pixels":
         weights = Path(cfg.correspondence.checkpoint or DEFAULT_WEIGHTS)
         settings["weights"] = [str(weights.resolve()), weights.stat().st_size, weights.stat().st_mtime_ns]

@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from birdmesh.color import rgb_to_lab  # noqa: E402
 from birdmesh.config import load_config  # noqa: E402
+from birdmesh.runtime import native_bf16  # noqa: E402
 from correspondence.config import UVCConfig  # noqa: E402
 from correspondence.model import UVC, PairBatch, autoencoder_loss  # noqa: E402
 
@@ -33,6 +34,8 @@ def main() -> None:
     cfg = load_config(UVCConfig, args.config)
     B, S, d = cfg.train.batch_size, cfg.data.frame_size, cfg.data
     model = UVC(cfg.model)
+    model.encoder_bf16 = cfg.train.bf16 and native_bf16(torch.device("cpu"))  # as correspondence.train sets it
+    precision = "bf16 encoder" if model.encoder_bf16 else "float32"
     opt = torch.optim.Adam(model.parameters(), cfg.train.lr)
     batch = PairBatch(torch.rand(B, 3, S, S), torch.rand(B, 3, S, S),
                       torch.full((B, 2), (S - d.ref_patch_size) // 16 * 8, dtype=torch.long))
@@ -50,7 +53,8 @@ def main() -> None:
             opt.step()
             times.append(time.time() - tic)
         median = sorted(times[1:])[len(times[1:]) // 2]
-        print(f"stage {stage}: {median:.3f} s/step, {B / median:.1f} pairs/s (batch {B}, {args.threads} threads)")
+        print(f"stage {stage}: {median:.3f} s/step, {B / median:.1f} pairs/s (batch {B}, {args.threads} threads, "
+              f"{precision})")
 
 
 if __name__ == "__main__":

@@ -62,3 +62,11 @@ def cpu_has_fast_bf16() -> bool:
     except Exception:  # noqa: BLE001 - older torch or an unknown CPU: assume no native bf16
         return False
     return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 natively: a CUDA GPU that supports it, or a CPU with AVX-512 BF16 or
+    AMX (``cpu_has_fast_bf16``)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_fast_bf16()

@@ -55,6 +55,9 @@ class TrainConfig:
     checkpoint_every: Count = 250
     log_every: Count = 25
     threads: NonNegativeInt = 0  # torch threads per process (0 = leave torch's default)
+    # the gray encoder in bfloat16 autocast where the device multiplies bf16 natively (else float32); affinities,
+    # softmaxes and losses stay float32. Phase-2 step 2.2 -> 1.3 s on one core of an AVX-512-BF16 EPYC
+    bf16: bool = True
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ class UVC(nn.Module):
         self.encoder = GrayEncoder(cfg.use_layer4)
         self.autoencoder = ColorAutoencoder(cfg.ae_channels)
         self.temperature = cfg.temperature
+        self.encoder_bf16 = False  # set by training: TrainConfig.bf16 on a device with native bf16
 
     def features(self, lab: torch.Tensor, layer2_weight: float = 0.0) -> torch.Tensor:
         """Lab (B, 3, H, W) -> L2-normalized features (B, C, H / 8, W / 8); with ``layer2_weight`` > 0, layer2's
@@ -57,6 +58,14 @@ class UVC(nn.Module):
             return warmup_loss(self, rgb_to_lab(ref), rgb_to_lab(tar), loss_cfg, reject)
         patch = crop_patches(batch.reference, batch.patch_xy, patch_size)
         return track_match_loss(self, rgb_to_lab(patch), rgb_to_lab(batch.target), loss_cfg, reject)
+
+
+def training_features(model: UVC, lab: torch.Tensor) -> torch.Tensor:
+    """Lab (B, 3, H, W) -> float32 L2-normalized features (B, C, H / 8, W / 8); the encoder runs in bfloat16
+    autocast when ``model.encoder_bf16`` (the affinities built on these features stay float32)."""
+    with torch.autocast(lab.device.type, dtype=torch.bfloat16, enabled=model.encoder_bf16):
+        feats = model.features(lab)
+    return F.normalize(feats.float(), dim=1)
 
 
 def crop_patches(images: torch.Tensor, top_left: torch.Tensor, size: int) -> torch.Tensor:
@@ -104,7 +113,7 @@ def warmup_loss(model: UVC, lab_ref: torch.Tensor, lab_tar: torch.Tensor, loss_c
     Returns:
         (scalar loss, stats dict of detached scalars).
     """
-    feats = model.features(torch.cat([lab_ref, lab_tar]))
+    feats = training_features(model, torch.cat([lab_ref, lab_tar]))
     feat_ref, feat_tar = feats.chunk(2)
     return _match_and_reconstruct(model, feat_ref, feat_tar, lab_ref, lab_tar, loss_cfg, reject)
 
@@ -121,7 +130,7 @@ def track_match_loss(model: UVC, lab_patch: torch.Tensor, lab_frame: torch.Tenso
         lab_patch: (B, 3, P, P) reference patch (Lab).
         lab_frame: (B, 3, S, S) target frame (Lab), S >= P, both divisible by 8.
     """
-    feat_patch, feat_frame = model.features(lab_patch), model.features(lab_frame)
+    feat_patch, feat_frame = training_features(model, lab_patch), training_features(model, lab_frame)
     patch_hw, frame_hw = tuple(feat_patch.shape[-2:]), tuple(feat_frame.shape[-2:])
     coords = soft_argmax_coordinates(affinity_logits(feat_patch, feat_frame, model.temperature), frame_hw)
     half = feat_patch.new_tensor([patch_hw[1] / frame_hw[1], patch_hw[0] / frame_hw[0]]).expand(len(coords), 2)

@@ -18,6 +18,7 @@ from birdmesh.color import rgb_to_lab
 from birdmesh.checkpoint import read_checkpoint, save_checkpoint
 from birdmesh.config import config_to_dict
 from birdmesh.errors import cli_entry
+from birdmesh.runtime import native_bf16
 from birdmesh.training import (append_csv_row, cleanup_distributed, drop_csv_rows_after, replicas_identical,
                                start_training, training_main, wrap_distributed)
 
@@ -57,6 +58,9 @@ def train(cfg: UVCConfig, max_steps: int | None = None) -> Path:
     if rank != 0:
         cache_files = build_frame_cache(cfg.data)  # all cached by rank 0 already: only lists the files
     model = UVC(cfg.model).to(device)
+    model.encoder_bf16 = cfg.train.bf16 and native_bf16(device)
+    if rank == 0:
+        print(f"encoder precision: {'bfloat16 autocast' if model.encoder_bf16 else 'float32'}", flush=True)
     ae_opt, enc_opt = _optimizers(model, cfg)
     step = 0
     if ckpt_path.exists():

@@ -97,3 +97,31 @@ def test_two_process_ddp_ends_with_identical_weights(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "replicas identical across 2 ranks: True" in done.stdout
     assert read_checkpoint(tmp_path / "run" / "last.pt")["step"] == 5
+
+
+def test_bf16_encoder_gives_float32_features_and_the_same_gradients_within_rounding():
+    from birdmesh.color import rgb_to_lab
+    from correspondence.config import LossConfig, ModelConfig
+    from correspondence.model import UVC, track_match_loss, training_features
+
+    torch.manual_seed(0)
+    model = UVC(ModelConfig(ae_channels=8))
+    model.autoencoder.requires_grad_(False)
+    g = torch.Generator().manual_seed(2)
+    frame = rgb_to_lab(torch.nn.functional.interpolate(torch.rand(2, 3, 12, 12, generator=g), size=(64, 64),
+                                                       mode="bilinear"))
+    patch = frame[..., 8:40, 16:48]
+    results = {}
+    for bf16 in (False, True):
+        model.encoder_bf16 = bf16
+        feats = training_features(model, patch)
+        model.zero_grad()
+        loss, _ = track_match_loss(model, patch, frame, LossConfig(), reject=False)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.encoder.parameters()])
+        results[bf16] = feats, loss.detach(), grads
+    (f32, loss32, g32), (f16, loss16, g16) = results[False], results[True]
+    assert f16.dtype == torch.float32 and torch.allclose(f16.norm(dim=1), torch.ones(()), atol=1e-5)
+    assert not torch.equal(f16, f32) and (f16 - f32).abs().max() < 0.05  # rounded, not another computation
+    assert abs(loss16 - loss32) < 0.02 * loss32
+    assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.95
