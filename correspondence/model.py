@@ -65,7 +65,7 @@ def training_features(model: UVC, lab: torch.Tensor) -> torch.Tensor:
     autocast when ``model.encoder_bf16`` (the affinities built on these features stay float32)."""
     with torch.autocast(lab.device.type, dtype=torch.bfloat16, enabled=model.encoder_bf16):
         feats = model.features(lab)
-    return F.normalize(feats.float(), dim=1)
+    return F.normalize(feats.float(), dim=1)  # the encoder's own normalization ran in bf16 under autocast
 
 
 def crop_patches(images: torch.Tensor, top_left: torch.Tensor, size: int) -> torch.Tensor:
