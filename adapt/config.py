@@ -20,7 +20,7 @@ class InputConfig:
 class CorrespondenceSettings:
     checkpoint: str = ""  # correspondence weights ("" = the shipped correspondence/weights/uvc_cpu.pt)
     # pixels (raw Lab colours) is the default while it propagates birds better than the shipped learned model
-    # (birds_dev J&F 0.86 vs 0.75); learned uses ``checkpoint``
+    # (birds_dev J&F 0.86 vs 0.74); learned uses ``checkpoint``
     method: Literal["learned", "pixels"] = "pixels"
 
 

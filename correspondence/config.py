@@ -66,9 +66,10 @@ class PropagationConfig:
     context_previous: NonNegativeInt = 7  # the first frame plus this many previous predictions
     topk: Count = 5  # references kept per target position
     radius: float = 12.0  # local window (feature cells) around each target position; <= 0 means global
-    # windows of the first and of the previous frames; None = by method: ``radius`` for raw pixels, 8 and 6 cells
-    # for learned features (birds_dev J&F 0.619 with 12 / 12, 0.651 with 12 / 6, 0.666 with 8 / 6; val_dev 0.439,
-    # 0.454, 0.469), whose far matches are mostly distractors; pixels fall 0.865 -> 0.786 with 12 / 6.
+    # windows of the first and of the previous frames; None = by method: ``radius`` for raw pixels, 12 and 6 cells
+    # for learned features, whose far matches in the previous frames are mostly distractors (an early model: birds_dev
+    # J&F 0.619 with 12 / 12, 0.651 with 12 / 6, 0.666 with 8 / 6; the shipped one, choosing on val_dev + birds_dev:
+    # 8 / 6 0.561 + 0.745, 12 / 6 0.571 + 0.742); pixels fall 0.865 -> 0.786 with 12 / 6.
     # Ignored when radius <= 0 (all global).
     radius_first: Optional[float] = None
     radius_previous: Optional[float] = None

@@ -36,7 +36,7 @@ from .labels import PixelFeatures, index_to_soft, soft_to_index
 from .model import UVC
 from .networks import fuse_batchnorm
 
-LEARNED_RADII = (8.0, 6.0)  # default windows of the first and the previous frames for learned features
+LEARNED_RADII = (12.0, 6.0)  # default windows of the first and the previous frames for learned features
 LEARNED_MATCH_DIMS = 64  # default principal components kept for matching learned features
 LEARNED_LAYER2_WEIGHT = 0.5  # default share of the encoder's layer2 in the learned features' similarity
 TEMPERATURES = {"pixels": 0.02, "learned": 0.05}  # default softmax temperatures by method (see PropagationConfig)
@@ -45,8 +45,8 @@ TEMPERATURES = {"pixels": 0.02, "learned": 0.05}  # default softmax temperatures
 def context_radii(cfg: PropagationConfig, model: torch.nn.Module) -> tuple[float, float]:
     """Window radii (cells) of the first and of the previous context frames; 0 = global.
 
-    Learned features match best within smaller windows than ``radius`` (fewer distractors: ripples, reflections);
-    raw pixels need the wide one (see ``PropagationConfig.radius_first`` and ``radius_previous``).
+    Learned features match the previous frames best within a smaller window than ``radius`` (fewer distractors:
+    ripples, reflections); raw pixels need the wide one (see ``PropagationConfig.radius_first`` and ``radius_previous``).
     """
     if cfg.radius <= 0:
         return 0.0, 0.0

@@ -248,7 +248,8 @@ def test_each_context_frame_is_matched_within_its_own_radius():
 
 def test_context_windows_by_method():
     learned = nn.Identity()  # anything that is not the raw-pixel feature model counts as learned
-    assert context_radii(PropagationConfig(radius=12.0), learned) == (8.0, 6.0)
+    assert context_radii(PropagationConfig(radius=12.0), learned) == (12.0, 6.0)
+    assert context_radii(PropagationConfig(radius=20.0), learned) == (12.0, 6.0)  # fixed windows, not radius
     assert context_radii(PropagationConfig(radius=12.0), PixelFeatures(8)) == (12.0, 12.0)
     assert context_radii(PropagationConfig(radius=12.0, radius_previous=3.0), PixelFeatures(8)) == (12.0, 3.0)
     assert context_radii(PropagationConfig(radius=12.0, radius_first=10.0), learned) == (10.0, 6.0)
