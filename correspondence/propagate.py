@@ -46,7 +46,7 @@ def context_radii(cfg: PropagationConfig, model: torch.nn.Module) -> tuple[float
     """Window radii (cells) of the first and of the previous context frames; 0 = global.
 
     Learned features match the previous frames best within a smaller window than ``radius`` (fewer distractors:
-    ripples, reflections); raw pixels need the wide one (see ``PropagationConfig.radius_first`` and ``radius_previous``).
+    ripples, reflections); raw pixels need the wide one (see ``PropagationConfig.radius_first``, ``radius_previous``).
     """
     if cfg.radius <= 0:
         return 0.0, 0.0
