@@ -51,35 +51,6 @@ def part_correspondence_loss(rendered: Tensor, observed: Tensor, min_mass: float
     return map_loss, centre_loss
 
 
-def coverage_loss(verts_ndc: Tensor, mask: Tensor, silhouette: Tensor) -> Tensor:
-    """Pull the mesh towards the parts of the mask it does not cover yet.
-
-    A soft silhouette only moves edges within about a pixel of the rendered outline, so a head, a neck or legs
-    lying further out never attract the mesh. Here every observed pixel (mask > 0.5) the rendering misses pulls
-    its nearest projected vertex towards it (squared NDC distance, weighted by how uncovered the pixel is). Faint
-    mask values are left out: far from the bird they would pull hardest (the distance is squared) and grow spikes.
-    Args:
-        verts_ndc: (B, V, 2+) projected vertices (x, y first, crop NDC); mask: (B, 1, S, S) observed soft mask;
-        silhouette: (B, 1, S, S) rendered silhouette (treated as a constant: only the distances carry gradient).
-    Returns:
-        scalar: sum of weighted squared distances / observed area (0 when everything is covered).
-    """
-    B, _, H, W = mask.shape
-    xy = verts_ndc[..., :2]
-    grid = coordinate_grid(H, W, device=mask.device, dtype=xy.dtype)  # (H W, 2)
-    observed = (mask > 0.5).to(xy.dtype)
-    uncovered = (observed * (1 - silhouette.detach())).flatten()  # (B H W,)
-    index = torch.nonzero(uncovered > 0).squeeze(1)  # usually a few percent of the pixels
-    frame, points = index // (H * W), grid[index % (H * W)]  # (N,), (N, 2)
-    nearest = torch.empty_like(index)  # (N,) the vertex each pixel pulls
-    with torch.no_grad():  # which vertex is nearest is a choice, not a gradient path
-        for b in range(B):  # |p - v|^2 = |v|^2 - 2 p.v + |p|^2, the last term being the same for every vertex
-            rows = frame == b
-            nearest[rows] = (xy[b].square().sum(-1) - 2 * points[rows] @ xy[b].T).argmin(1)
-    pulled = xy[frame, nearest]  # (N, 2)
-    return (uncovered[index] * (points - pulled).square().sum(-1)).sum() / observed.sum().clamp_min(1.0)
-
-
 def base_shape_loss(verts: Tensor, base: Tensor, faces: Tensor, laplacian: Tensor) -> tuple[Tensor, Tensor]:
     """How far each frame's mesh departs from the shared base shape, beyond a rigid motion of each one-ring.
 

@@ -13,14 +13,13 @@ from tqdm import tqdm
 
 from mesh_recon.crop import crop_cameras_to_pixels
 from mesh_recon.geometry import weak_perspective_project
-from mesh_recon.losses import masked_l1, silhouette_loss
+from mesh_recon.losses import coverage_loss, masked_l1, silhouette_loss
 from mesh_recon.mesh import uniform_laplacian
 from mesh_recon.predictor import MeshPredictor, Prediction, pool_alignment, texture_from_flow
 from mesh_recon.render import SoftRenderer, SoftRenderSettings
 
 from .config import LossWeights, OptimConfig
-from .losses import (base_shape_loss, coverage_loss, part_correspondence_loss, quaternion_smoothness,
-                     temporal_smoothness)
+from .losses import base_shape_loss, part_correspondence_loss, quaternion_smoothness, temporal_smoothness
 from .parts import UVPool, texel_surface, texel_visibility, uv_maps_from_flow
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .geometry import check_shape, weak_perspective_project
+from .geometry import check_shape, pixels_to_ndc, weak_perspective_project
 from .mesh import uniform_laplacian
 from .predictor import Prediction, texture_from_flow
 from .predictor_config import LossConfig
@@ -78,6 +78,37 @@ def chamfer_loss(verts: Tensor, verts_gt: Tensor) -> Tensor:
     check_shape(verts_gt, "B M 3", "verts_gt", {"B": verts.shape[0]})
     dist = torch.cdist(verts, verts_gt.to(verts.dtype))  # (B, V, M)
     return (dist.min(2).values.mean() + dist.min(1).values.mean()) / 2
+
+
+def coverage_loss(verts_ndc: Tensor, mask: Tensor, silhouette: Tensor) -> Tensor:
+    """Pull the mesh towards the parts of the mask it does not cover yet.
+
+    A soft silhouette only moves edges within about a pixel of the rendered outline, so a head, a neck or legs
+    lying further out never attract the mesh. Here every observed pixel (mask > 0.5) the rendering misses pulls
+    its nearest projected vertex towards it (squared NDC distance, weighted by how uncovered the pixel is). Faint
+    mask values are left out: far from the bird they would pull hardest (the distance is squared) and grow spikes.
+    Args:
+        verts_ndc: (B, V, 2+) projected vertices (x, y first, crop NDC); mask: (B, 1, S, S) observed soft mask;
+        silhouette: (B, 1, S, S) rendered silhouette (treated as a constant: only the distances carry gradient).
+    Returns:
+        scalar: sum of weighted squared distances / observed area (0 when everything is covered).
+    """
+    B, _, H, W = mask.shape
+    xy = verts_ndc[..., :2]
+    ys, xs = torch.meshgrid(torch.arange(H, device=mask.device, dtype=xy.dtype),
+                            torch.arange(W, device=mask.device, dtype=xy.dtype), indexing="ij")
+    grid = pixels_to_ndc(torch.stack([xs.flatten(), ys.flatten()], 1), W, H)  # (H W, 2) pixel centres
+    observed = (mask > 0.5).to(xy.dtype)
+    uncovered = (observed * (1 - silhouette.detach())).flatten()  # (B H W,)
+    index = torch.nonzero(uncovered > 0).squeeze(1)  # usually a few percent of the pixels
+    frame, points = index // (H * W), grid[index % (H * W)]  # (N,), (N, 2)
+    nearest = torch.empty_like(index)  # (N,) the vertex each pixel pulls
+    with torch.no_grad():  # which vertex is nearest is a choice, not a gradient path
+        for b in range(B):  # |p - v|^2 = |v|^2 - 2 p.v + |p|^2, the last term being the same for every vertex
+            rows = frame == b
+            nearest[rows] = (xy[b].square().sum(-1) - 2 * points[rows] @ xy[b].T).argmin(1)
+    pulled = xy[frame, nearest]  # (N, 2)
+    return (uncovered[index] * (points - pulled).square().sum(-1)).sum() / observed.sum().clamp_min(1.0)
 
 
 def vert2kp_entropy(vert2kp: Tensor) -> Tensor:
@@ -159,6 +190,8 @@ def predictor_losses(pred: Prediction, batch: dict, renderer: SoftRenderer, cfg:
              "vert2kp_entropy": vert2kp_entropy(pred.vert2kp)}
     if "cam" in batch and cfg.camera > 0:
         terms["camera"] = camera_loss(pred.cams, batch["cam"])
+    if cfg.coverage > 0:
+        terms["coverage"] = coverage_loss(verts_ndc, mask, silhouette)
     if "verts" in batch and cfg.chamfer > 0:
         terms["chamfer"] = chamfer_loss(pred.verts, batch["verts"][:, ::CHAMFER_VERTEX_STRIDE])
     if cfg.texture > 0 or cfg.texture_feature > 0:

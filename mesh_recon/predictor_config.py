@@ -32,6 +32,8 @@ class LossConfig:
     camera: NonNegative = 2.0  # 1 - (q . q_gt)^2 + squared scale/translation error, when the batch has GT cameras
     chamfer: NonNegative = 0.0  # 3D Chamfer distance to the ground-truth mesh, when the batch has one (synthetic;
     # not in CMR, whose CUB images have none)
+    coverage: NonNegative = 0.0  # mask pixels the render misses pull their nearest projected vertex (the adaptation's
+    # term; not in CMR): the soft silhouette's gradient reaches only about a pixel past the rendered outline
     deform: NonNegative = 10.0  # mean |delta v|
     laplacian: NonNegative = 30.0  # mean |L v| (uniform Laplacian) of the predicted vertices
     vert2kp_entropy: NonNegative = 0.16  # entropy of each keypoint's distribution over vertices

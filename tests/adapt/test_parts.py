@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from adapt.losses import (coverage_loss, part_centres, part_correspondence_loss, quaternion_smoothness,
-                          temporal_smoothness)
+from adapt.losses import part_centres, part_correspondence_loss, quaternion_smoothness, temporal_smoothness
 from adapt.parts import UVPool, pool_uv_maps, random_parts, texel_surface, texel_visibility, uv_maps_from_flow
 from mesh_recon.geometry import weak_perspective_project
 from mesh_recon.mesh import face_spherical_uv, icosphere
@@ -99,42 +98,6 @@ def test_part_losses_on_hand_made_maps():
     swapped = parts[:, [0, 2, 1]]
     map_loss, centre_loss = part_correspondence_loss(swapped, parts)
     assert torch.allclose(map_loss, torch.tensor(0.5)) and torch.allclose(centre_loss, torch.tensor(2.0))
-
-
-def test_coverage_pulls_the_nearest_vertex_towards_uncovered_pixels_only():
-    mask = torch.zeros(1, 1, 4, 4)
-    mask[0, 0, 0, :2] = 1.0  # pixel centres (-0.75, -0.75) and (-0.25, -0.75)
-    mask[0, 0, 3, 3] = 0.4  # too faint to count
-    silhouette = torch.zeros_like(mask)
-    silhouette[0, 0, 0, 0] = 1.0  # the first is covered
-    verts = torch.tensor([[[0.75, 0.75, 0.0], [-0.25, 0.75, 0.3]]], requires_grad=True)
-    loss = coverage_loss(verts, mask, silhouette)
-    # the uncovered pixel (-0.25, -0.75) is nearest to vertex 1: squared distance 1.5^2, over a mask area of 2
-    assert loss.item() == pytest.approx(1.5 ** 2 / 2)
-    loss.backward()
-    assert torch.allclose(verts.grad, torch.tensor([[[0.0, 0.0, 0.0], [0.0, 1.5, 0.0]]]))  # d/dy (y + 0.75)^2 / 2
-    assert coverage_loss(verts, mask, mask).item() == 0.0
-
-
-def test_coverage_equals_a_brute_force_nearest_vertex_search():
-    g = torch.Generator().manual_seed(0)
-    verts = (torch.rand(3, 50, 3, generator=g) * 1.6 - 0.8).requires_grad_()
-    mask = torch.rand(3, 1, 16, 16, generator=g)
-    silhouette = torch.rand(3, 1, 16, 16, generator=g)  # soft: partly covered pixels pull less
-    loss = coverage_loss(verts, mask, silhouette)
-    (fast_grad,) = torch.autograd.grad(loss, verts)
-    total = 0.0
-    for b in range(3):
-        for i in range(16):
-            for j in range(16):
-                point = torch.tensor([(2 * j + 1) / 16 - 1, (2 * i + 1) / 16 - 1])
-                distances = ((verts[b, :, :2] - point) ** 2).sum(1)
-                if mask[b, 0, i, j] > 0.5:
-                    total = total + (1 - silhouette[b, 0, i, j]) * distances.min()
-    reference = total / (mask > 0.5).sum()
-    (reference_grad,) = torch.autograd.grad(reference, verts)
-    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
-    assert torch.allclose(fast_grad, reference_grad, atol=1e-6)
 
 
 def test_temporal_terms():

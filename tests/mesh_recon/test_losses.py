@@ -4,13 +4,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 from scipy.ndimage import distance_transform_edt
 
 from mesh_recon.geometry import quaternion_to_rotation_matrix, random_quaternions
-from mesh_recon.losses import (camera_loss, chamfer_loss, deformation_loss, keypoint_loss, laplacian_loss, mask_barrier,
-                               masked_l1, predictor_losses, silhouette_loss, texture_flow_barrier_loss,
-                               vert2kp_entropy)
+from mesh_recon.losses import (camera_loss, chamfer_loss, coverage_loss, deformation_loss, keypoint_loss,
+                               laplacian_loss, mask_barrier, masked_l1, predictor_losses, silhouette_loss,
+                               texture_flow_barrier_loss, vert2kp_entropy)
 from mesh_recon.predictor import MeshPredictor
 from mesh_recon.predictor_config import LossConfig, ModelConfig
 from mesh_recon.render import SoftRenderer, SoftRenderSettings
@@ -75,6 +76,42 @@ def test_chamfer_loss_against_a_point_loop():
     assert math.isclose(float(chamfer_loss(one, two)), 3.0)
 
 
+def test_coverage_pulls_the_nearest_vertex_towards_uncovered_pixels_only():
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[0, 0, 0, :2] = 1.0  # pixel centres (-0.75, -0.75) and (-0.25, -0.75)
+    mask[0, 0, 3, 3] = 0.4  # too faint to count
+    silhouette = torch.zeros_like(mask)
+    silhouette[0, 0, 0, 0] = 1.0  # the first is covered
+    verts = torch.tensor([[[0.75, 0.75, 0.0], [-0.25, 0.75, 0.3]]], requires_grad=True)
+    loss = coverage_loss(verts, mask, silhouette)
+    # the uncovered pixel (-0.25, -0.75) is nearest to vertex 1: squared distance 1.5^2, over a mask area of 2
+    assert loss.item() == pytest.approx(1.5 ** 2 / 2)
+    loss.backward()
+    assert torch.allclose(verts.grad, torch.tensor([[[0.0, 0.0, 0.0], [0.0, 1.5, 0.0]]]))  # d/dy (y + 0.75)^2 / 2
+    assert coverage_loss(verts, mask, mask).item() == 0.0
+
+
+def test_coverage_equals_a_brute_force_nearest_vertex_search():
+    g = torch.Generator().manual_seed(0)
+    verts = (torch.rand(3, 50, 3, generator=g) * 1.6 - 0.8).requires_grad_()
+    mask = torch.rand(3, 1, 16, 16, generator=g)
+    silhouette = torch.rand(3, 1, 16, 16, generator=g)  # soft: partly covered pixels pull less
+    loss = coverage_loss(verts, mask, silhouette)
+    (fast_grad,) = torch.autograd.grad(loss, verts)
+    total = 0.0
+    for b in range(3):
+        for i in range(16):
+            for j in range(16):
+                point = torch.tensor([(2 * j + 1) / 16 - 1, (2 * i + 1) / 16 - 1])
+                distances = ((verts[b, :, :2] - point) ** 2).sum(1)
+                if mask[b, 0, i, j] > 0.5:
+                    total = total + (1 - silhouette[b, 0, i, j]) * distances.min()
+    reference = total / (mask > 0.5).sum()
+    (reference_grad,) = torch.autograd.grad(reference, verts)
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    assert torch.allclose(fast_grad, reference_grad, atol=1e-6)
+
+
 def test_vert2kp_entropy_bounds():
     uniform = torch.full((3, 10), 0.1)
     torch.testing.assert_close(vert2kp_entropy(uniform), torch.tensor(math.log(10)))
@@ -128,10 +165,12 @@ def _loss_inputs(size: int = 64):
 def test_predictor_losses_terms_and_gradients():
     model, batch, renderer = _loss_inputs()
     feature_net = lambda x: [torch.nn.functional.avg_pool2d(x, 4)]
-    loss, stats = predictor_losses(model(batch["image"]), batch, renderer, LossConfig(chamfer=1.0), feature_net)
-    assert set(stats) == {"mask", "keypoint", "camera", "chamfer", "deform", "laplacian", "vert2kp_entropy",
-                          "texture", "texture_feature", "texture_dt", "iou"}
+    loss, stats = predictor_losses(model(batch["image"]), batch, renderer, LossConfig(chamfer=1.0, coverage=1.0),
+                                   feature_net)
+    assert set(stats) == {"mask", "keypoint", "camera", "chamfer", "coverage", "deform", "laplacian",
+                          "vert2kp_entropy", "texture", "texture_feature", "texture_dt", "iou"}
     assert torch.isfinite(loss) and all(torch.isfinite(v) for v in stats.values())
+    assert stats["coverage"] > 0  # the mask's corners lie outside the initial sphere's silhouette
     loss.backward()
     for name in ("shape_head.linear.weight", "camera_head.linear.weight", "flow_head.out.weight", "mean_free",
                  "vert2kp_logits", "encoder.stem.0.weight"):
