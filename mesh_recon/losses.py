@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .geometry import check_shape, pixels_to_ndc, weak_perspective_project
+from correspondence.ops import coordinate_grid  # pixel-centre NDC grid, one definition for the project
+
+from .geometry import check_shape, weak_perspective_project
 from .mesh import uniform_laplacian
 from .predictor import Prediction, texture_from_flow
 from .predictor_config import LossConfig
@@ -95,9 +97,7 @@ def coverage_loss(verts_ndc: Tensor, mask: Tensor, silhouette: Tensor) -> Tensor
     """
     B, _, H, W = mask.shape
     xy = verts_ndc[..., :2]
-    ys, xs = torch.meshgrid(torch.arange(H, device=mask.device, dtype=xy.dtype),
-                            torch.arange(W, device=mask.device, dtype=xy.dtype), indexing="ij")
-    grid = pixels_to_ndc(torch.stack([xs.flatten(), ys.flatten()], 1), W, H)  # (H W, 2) pixel centres
+    grid = coordinate_grid(H, W, device=mask.device, dtype=xy.dtype)  # (H W, 2)
     observed = (mask > 0.5).to(xy.dtype)
     uncovered = (observed * (1 - silhouette.detach())).flatten()  # (B H W,)
     index = torch.nonzero(uncovered > 0).squeeze(1)  # usually a few percent of the pixels
