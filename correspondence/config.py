@@ -12,6 +12,11 @@ class ModelConfig:
     use_layer4: bool = False  # keep ResNet-18 layer4 (stride 1, 512-d, UVC) or stop after layer3 (256-d, CRW)
     temperature: Positive = 0.07  # softmax temperature of the affinity between L2-normalized features
     ae_channels: Count = 64  # width of the colour autoencoder's stride-8 code
+    # what the encoder sees: the L channel (UVC: colour is only what it learns to carry) or L, a, b (it may then
+    # also match on colour, as the raw-pixel baseline does); an L checkpoint loads into a Lab encoder (zero a, b)
+    encoder_input: Literal["L", "Lab"] = "L"
+    # Lab encoder in training: share of samples whose a, b input is zeroed, so matching cannot rest on colour alone
+    color_dropout: Fraction = 0.5
 
 
 @dataclass(frozen=True)

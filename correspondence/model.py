@@ -16,7 +16,7 @@ from birdmesh.color import rgb_to_lab
 
 from .config import LossConfig, ModelConfig
 from .losses import concentration_window_loss, coordinate_cycle_loss, lab_l1, reject_outliers
-from .networks import ColorAutoencoder, GrayEncoder, normalize_lab
+from .networks import ColorAutoencoder, FrameEncoder, normalize_lab
 from .ops import affinity_logits, box_from_coordinates, crop_by_box, soft_argmax_coordinates, transport
 
 
@@ -36,35 +36,41 @@ class PairBatch:
 
 
 class UVC(nn.Module):
-    """The correspondence model: a gray-scale feature encoder plus a frozen colour autoencoder."""
+    """The correspondence model: a feature encoder (on L, or on Lab) plus a frozen colour autoencoder."""
 
     def __init__(self, cfg: ModelConfig = ModelConfig()):
         super().__init__()
-        self.encoder = GrayEncoder(cfg.use_layer4)
+        self.encoder = FrameEncoder(cfg.use_layer4, 3 if cfg.encoder_input == "Lab" else 1)
+        self.color_dropout = cfg.color_dropout
         self.autoencoder = ColorAutoencoder(cfg.ae_channels)
         self.temperature = cfg.temperature
         self.encoder_bf16 = False  # set by training: TrainConfig.bf16 on a device with native bf16
 
     def features(self, lab: torch.Tensor, layer2_weight: float = 0.0) -> torch.Tensor:
         """Lab (B, 3, H, W) -> L2-normalized features (B, C, H / 8, W / 8); with ``layer2_weight`` > 0, layer2's
-        joined to them (``GrayEncoder.with_layer2``, 128 + C channels, unit norm)."""
+        joined to them (``FrameEncoder.with_layer2``, 128 + C channels, unit norm)."""
         return self.encoder.with_layer2(lab, layer2_weight) if layer2_weight > 0 else self.encoder(lab)
 
     def forward(self, batch: PairBatch, loss_cfg: LossConfig, phase: int, patch_size: int,
                 warmup_size: int, reject: bool) -> tuple[torch.Tensor, dict]:
+        color_keep = None
+        if self.training and self.encoder.in_channels > 1 and self.color_dropout > 0:
+            color_keep = (torch.rand(len(batch.reference), device=batch.reference.device)
+                          >= self.color_dropout).float()  # one draw per pair: both frames lose colour together
         if phase == 1:
             ref = F.interpolate(batch.reference, size=warmup_size, mode="bilinear", antialias=True)
             tar = F.interpolate(batch.target, size=warmup_size, mode="bilinear", antialias=True)
-            return warmup_loss(self, rgb_to_lab(ref), rgb_to_lab(tar), loss_cfg, reject)
+            return warmup_loss(self, rgb_to_lab(ref), rgb_to_lab(tar), loss_cfg, reject, color_keep)
         patch = crop_patches(batch.reference, batch.patch_xy, patch_size)
-        return track_match_loss(self, rgb_to_lab(patch), rgb_to_lab(batch.target), loss_cfg, reject)
+        return track_match_loss(self, rgb_to_lab(patch), rgb_to_lab(batch.target), loss_cfg, reject, color_keep)
 
 
-def training_features(model: UVC, lab: torch.Tensor) -> torch.Tensor:
+def training_features(model: UVC, lab: torch.Tensor, color_keep: torch.Tensor | None = None) -> torch.Tensor:
     """Lab (B, 3, H, W) -> float32 L2-normalized features (B, C, H / 8, W / 8); the encoder runs in bfloat16
-    autocast when ``model.encoder_bf16`` (the affinities built on these features stay float32)."""
+    autocast when ``model.encoder_bf16`` (the affinities built on these features stay float32). ``color_keep``
+    (B,): see :func:`correspondence.networks.lab_to_network_input`."""
     with torch.autocast(lab.device.type, dtype=torch.bfloat16, enabled=model.encoder_bf16):
-        feats = model.features(lab)
+        feats = model.encoder(lab, color_keep)
     return F.normalize(feats.float(), dim=1)  # the encoder's own normalization ran in bf16 under autocast
 
 
@@ -105,21 +111,23 @@ def _match_and_reconstruct(model: UVC, feat_ref, feat_tar, lab_ref, lab_tar, los
 
 
 def warmup_loss(model: UVC, lab_ref: torch.Tensor, lab_tar: torch.Tensor, loss_cfg: LossConfig,
-                reject: bool) -> tuple[torch.Tensor, dict]:
+                reject: bool, color_keep: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Phase 1: whole-patch affinity; reconstruct the target's colour from the reference.
 
     Args:
         lab_ref, lab_tar: (B, 3, S, S) Lab, S divisible by 8.
+        color_keep: (B,) 1 where a Lab encoder sees the pair's colour, 0 where only L (None: all colour).
     Returns:
         (scalar loss, stats dict of detached scalars).
     """
-    feats = training_features(model, torch.cat([lab_ref, lab_tar]))
+    keep_both = None if color_keep is None else color_keep.repeat(2)
+    feats = training_features(model, torch.cat([lab_ref, lab_tar]), keep_both)
     feat_ref, feat_tar = feats.chunk(2)
     return _match_and_reconstruct(model, feat_ref, feat_tar, lab_ref, lab_tar, loss_cfg, reject)
 
 
 def track_match_loss(model: UVC, lab_patch: torch.Tensor, lab_frame: torch.Tensor, loss_cfg: LossConfig,
-                     reject: bool) -> tuple[torch.Tensor, dict]:
+                     reject: bool, color_keep: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Phase 2: localize the reference patch in the target frame, crop there, match finely.
 
     The box centre is the soft-argmax of the patch's pixels over the frame (affinity normalized over target
@@ -129,8 +137,10 @@ def track_match_loss(model: UVC, lab_patch: torch.Tensor, lab_frame: torch.Tenso
     Args:
         lab_patch: (B, 3, P, P) reference patch (Lab).
         lab_frame: (B, 3, S, S) target frame (Lab), S >= P, both divisible by 8.
+        color_keep: (B,) as in :func:`warmup_loss`.
     """
-    feat_patch, feat_frame = training_features(model, lab_patch), training_features(model, lab_frame)
+    feat_patch = training_features(model, lab_patch, color_keep)
+    feat_frame = training_features(model, lab_frame, color_keep)
     patch_hw, frame_hw = tuple(feat_patch.shape[-2:]), tuple(feat_frame.shape[-2:])
     coords = soft_argmax_coordinates(affinity_logits(feat_patch, feat_frame, model.temperature), frame_hw)
     half = feat_patch.new_tensor([patch_hw[1] / frame_hw[1], patch_hw[0] / frame_hw[0]]).expand(len(coords), 2)

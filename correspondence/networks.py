@@ -1,4 +1,4 @@
-"""Networks of the correspondence model: the stride-8 ResNet-18 on the L channel and the Lab colour autoencoder."""
+"""Networks of the correspondence model: the stride-8 ResNet-18 (on L, or on Lab) and the Lab colour autoencoder."""
 from __future__ import annotations
 
 import torch
@@ -6,11 +6,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-
-def lab_to_network_input(lab: torch.Tensor) -> torch.Tensor:
-    """Lab (B, 3, H, W) with L in [0, 100] -> the encoder's input, L only, scaled to [-1, 1]: (B, 1, H, W)."""
-    return lab[:, :1] / 50.0 - 1.0
 
 
 def normalize_lab(lab: torch.Tensor) -> torch.Tensor:
@@ -27,20 +22,40 @@ def denormalize_lab(lab_normalized: torch.Tensor) -> torch.Tensor:
     return (lab_normalized + shift) * scale
 
 
-LAYER2_END = 6  # GrayEncoder.body[:6] = conv1, bn1, relu, maxpool, layer1, layer2
+# a and b of video frames spread less than L (standard deviations ~10 and ~18 vs 25 on the training frames): over
+# 30 they reach about L / 50's spread, so weights on colour learn at L's pace
+ENCODER_COLOR_SCALE = 30.0
 
 
-class GrayEncoder(nn.Module):
-    """ResNet-18 (torchvision definition, random init) on the L channel, output stride 8.
+def lab_to_network_input(lab: torch.Tensor, channels: int = 1, color_keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Lab (B, 3, H, W) with L in [0, 100] -> the encoder's input (B, channels, H, W): L / 50 - 1 (``channels=1``,
+    UVC), then a / 30 and b / 30 (``channels=3``). ``color_keep`` (B,) zeroes a and b of the samples where it is 0
+    (colour dropout in training)."""
+    gray = lab[:, :1] / 50.0 - 1.0
+    if channels == 1:
+        return gray
+    color = lab[:, 1:] / ENCODER_COLOR_SCALE
+    if color_keep is not None:
+        color = color * color_keep.view(-1, 1, 1, 1)
+    return torch.cat([gray, color], dim=1)
+
+
+LAYER2_END = 6  # FrameEncoder.body[:6] = conv1, bn1, relu, maxpool, layer1, layer2
+
+
+class FrameEncoder(nn.Module):
+    """ResNet-18 (torchvision definition, random init) on the L channel (``in_channels=1``, UVC) or on Lab (3),
+    output stride 8.
 
     ``use_layer4=False`` stops after layer3 (256-d, layer3 with stride 1, as CRW); ``True`` keeps layer4 with
     stride 1 too (512-d, as UVC). Output features are L2-normalized over channels.
     """
 
-    def __init__(self, use_layer4: bool = False):
+    def __init__(self, use_layer4: bool = False, in_channels: int = 1):
         super().__init__()
         net = torchvision.models.resnet18(weights=None)
-        net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.in_channels = in_channels
         layers = [net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3]
         _make_stride_one(net.layer3)
         if use_layer4:
@@ -49,9 +64,20 @@ class GrayEncoder(nn.Module):
         self.body = nn.Sequential(*layers)
         self.out_channels = 512 if use_layer4 else 256
 
-    def forward(self, lab: torch.Tensor) -> torch.Tensor:
-        """Lab (B, 3, H, W) -> L2-normalized features (B, C, H / 8, W / 8)."""
-        return F.normalize(self.body(lab_to_network_input(lab)), dim=1)
+    def forward(self, lab: torch.Tensor, color_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Lab (B, 3, H, W) -> L2-normalized features (B, C, H / 8, W / 8); ``color_keep``: see
+        :func:`lab_to_network_input`."""
+        return F.normalize(self.body(lab_to_network_input(lab, self.in_channels, color_keep)), dim=1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # An L-only checkpoint loads into a Lab encoder with zero weights on a and b: the same function to start
+        # from, so a trained L encoder can go on learning with colour.
+        key = prefix + "body.0.weight"
+        weight = state_dict.get(key)
+        if weight is not None and weight.shape[1] == 1 and self.in_channels > 1:
+            state_dict[key] = torch.cat([weight, weight.new_zeros(weight.shape[0], self.in_channels - 1,
+                                                                  *weight.shape[2:])], dim=1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def with_layer2(self, lab: torch.Tensor, layer2_weight: float) -> torch.Tensor:
         """Lab (B, 3, H, W) -> (B, 128 + C, H / 8, W / 8): layer2's features and the output's, each L2-normalized
@@ -60,7 +86,7 @@ class GrayEncoder(nn.Module):
         layer2 (stride 8 too) keeps finer appearance than the stride-1 layers after it; it runs anyway, so only
         the join costs (~3 ms per 480p frame).
         """
-        layer2 = self.body[:LAYER2_END](lab_to_network_input(lab))
+        layer2 = self.body[:LAYER2_END](lab_to_network_input(lab, self.in_channels))
         out = self.body[LAYER2_END:](layer2)
         return torch.cat([F.normalize(layer2, dim=1) * layer2_weight ** 0.5,
                           F.normalize(out, dim=1) * (1 - layer2_weight) ** 0.5], dim=1)

@@ -36,9 +36,10 @@ def _tiny_overrides(tmp_path, steps, ae_steps=2, warmup=2):
             "train.threads=1"]
 
 
-def test_resume_continues_from_the_checkpoint_and_weights_round_trip(tmp_path):
+@pytest.mark.parametrize("encoder_input", ["L", "Lab"])
+def test_resume_continues_from_the_checkpoint_and_weights_round_trip(tmp_path, encoder_input):
     _make_clips(tmp_path / "clips")
-    cfg = load_config(UVCConfig, None, _tiny_overrides(tmp_path, steps=4))
+    cfg = load_config(UVCConfig, None, _tiny_overrides(tmp_path, steps=4) + [f"model.encoder_input={encoder_input}"])
     ckpt = train(cfg, max_steps=3)
     assert read_checkpoint(ckpt)["step"] == 3
     train(cfg)  # resumes at 3, runs to ae_steps + steps = 6
