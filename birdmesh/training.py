@@ -17,6 +17,14 @@ from .errors import UserError
 from .runtime import resolve_device, seed_everything
 
 
+def linear_decay_lr(step: int, lr: float, decay_start: float, end: int, final_factor: float) -> float:
+    """``lr`` until ``decay_start``, then linearly down to ``lr * final_factor`` at step ``end`` (and after)."""
+    if step < decay_start or end <= decay_start:
+        return lr
+    progress = min(1.0, (step - decay_start) / (end - decay_start))
+    return lr * (1 - progress * (1 - final_factor))
+
+
 def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device) from torchrun's environment; starts the process group when world > 1.
 

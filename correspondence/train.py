@@ -19,8 +19,8 @@ from birdmesh.checkpoint import read_checkpoint, save_checkpoint
 from birdmesh.config import config_to_dict
 from birdmesh.errors import cli_entry
 from birdmesh.runtime import native_bf16
-from birdmesh.training import (append_csv_row, cleanup_distributed, drop_csv_rows_after, replicas_identical,
-                               start_training, training_main, wrap_distributed)
+from birdmesh.training import (append_csv_row, cleanup_distributed, drop_csv_rows_after, linear_decay_lr,
+                               replicas_identical, start_training, training_main, wrap_distributed)
 
 from .checkpoint import export_weights
 from .config import UVCConfig
@@ -45,6 +45,13 @@ def _optimizers(model: UVC, cfg: UVCConfig):
     ae_opt = torch.optim.Adam(model.autoencoder.parameters(), lr=cfg.train.ae_lr)
     enc_opt = torch.optim.Adam(model.encoder.parameters(), lr=cfg.train.lr)
     return ae_opt, enc_opt
+
+
+def encoder_lr(step: int, cfg: UVCConfig) -> float:
+    """The encoder's learning rate: constant, then linear decay to lr * final_lr_factor over the last
+    ``decay_steps`` steps of the run."""
+    end = total_steps(cfg)
+    return linear_decay_lr(step, cfg.train.lr, end - cfg.train.decay_steps, end, cfg.train.final_lr_factor)
 
 
 def train(cfg: UVCConfig, max_steps: int | None = None) -> Path:
@@ -96,6 +103,8 @@ def train(cfg: UVCConfig, max_steps: int | None = None) -> Path:
             reject = step - phase_start >= cfg.loss.outlier_warmup_steps
             loss, stats = uvc_net(pair, cfg.loss, stage, cfg.data.ref_patch_size, cfg.data.patch_size, reject)
             optimizer = enc_opt
+            for group in enc_opt.param_groups:
+                group["lr"] = encoder_lr(step, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -104,7 +113,8 @@ def train(cfg: UVCConfig, max_steps: int | None = None) -> Path:
         if rank == 0 and (step % cfg.train.log_every == 0 or step == end):
             rate = cfg.train.log_every * cfg.train.batch_size * world / max(time.time() - tic, 1e-9)
             tic = time.time()
-            row = {"step": step, "stage": stage, "loss": f"{loss.item():.5f}", "pairs_per_s": f"{rate:.2f}"}
+            row = {"step": step, "stage": stage, "loss": f"{loss.item():.5f}", "pairs_per_s": f"{rate:.2f}",
+                   "lr": f"{optimizer.param_groups[0]['lr']:.3g}"}
             row.update({k: f"{v.item():.5f}" for k, v in stats.items()})
             bar.set_postfix(loss=row["loss"], stage=stage)
             append_csv_row(out / f"log_stage{stage}.csv", row)

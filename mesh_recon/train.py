@@ -18,8 +18,8 @@ from tqdm import tqdm
 from birdmesh.checkpoint import read_checkpoint, save_checkpoint
 from birdmesh.config import config_to_dict
 from birdmesh.errors import UserError, cli_entry
-from birdmesh.training import (append_csv_row, cleanup_distributed, drop_csv_rows_after, start_training, training_main,
-                               wrap_distributed)
+from birdmesh.training import (append_csv_row, cleanup_distributed, drop_csv_rows_after, linear_decay_lr,
+                               start_training, training_main, wrap_distributed)
 
 from .checkpoint import VERSION, export_weights
 from .losses import mask_barrier, predictor_losses
@@ -95,11 +95,9 @@ class TrainingStep(nn.Module):
 def learning_rate(step: int, cfg: CMRConfig) -> float:
     """Constant, then linear decay to lr * final_lr_factor over the last ``decay_fraction`` of the steps."""
     t = cfg.train
-    start = t.steps * (1 - t.decay_fraction)
-    if step < start or t.decay_fraction <= 0:
+    if t.decay_fraction <= 0:
         return t.lr
-    progress = min(1.0, (step - start) / max(t.steps - start, 1))
-    return t.lr * (1 - progress * (1 - t.final_lr_factor))
+    return linear_decay_lr(step, t.lr, t.steps * (1 - t.decay_fraction), t.steps, t.final_lr_factor)
 
 
 def build_predictor(cfg: CMRConfig) -> MeshPredictor:

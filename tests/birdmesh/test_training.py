@@ -3,7 +3,7 @@ import csv
 import torch
 
 from birdmesh.checkpoint import read_checkpoint, save_checkpoint
-from birdmesh.training import append_csv_row, drop_csv_rows_after, seed_run_from_weights
+from birdmesh.training import append_csv_row, drop_csv_rows_after, linear_decay_lr, seed_run_from_weights
 
 
 def test_init_from_weights_seeds_a_run_once(tmp_path):
@@ -52,3 +52,13 @@ def test_a_new_log_column_widens_the_file_instead_of_shifting_values(tmp_path):
     assert rows[0] == {"step": "25", "loss": "0.5", "mask": "0.1", "chamfer": ""}
     assert rows[1] == {"step": "50", "loss": "0.4", "mask": "0.09", "chamfer": "0.08"}
     assert rows[2] == {"step": "75", "loss": "0.3", "mask": "", "chamfer": ""}
+
+
+def test_linear_decay_lr_holds_then_falls_to_the_final_factor():
+    lr = 1e-4
+    assert linear_decay_lr(0, lr, 100, 200, 0.05) == lr
+    assert linear_decay_lr(100, lr, 100, 200, 0.05) == lr
+    assert abs(linear_decay_lr(150, lr, 100, 200, 0.05) - lr * (1 - 0.5 * 0.95)) < 1e-15  # halfway down
+    assert abs(linear_decay_lr(200, lr, 100, 200, 0.05) - 5e-6) < 1e-15
+    assert abs(linear_decay_lr(900, lr, 100, 200, 0.05) - 5e-6) < 1e-15  # held after the end (a longer resume)
+    assert linear_decay_lr(150, lr, 200, 200, 0.05) == lr  # an empty decay window: constant

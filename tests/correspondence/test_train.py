@@ -1,4 +1,5 @@
 """Training: a tiny overfit, resuming, checkpoint round trip and 2-process DDP on generated clips."""
+import csv
 import os
 import subprocess
 import sys
@@ -39,13 +40,18 @@ def _tiny_overrides(tmp_path, steps, ae_steps=2, warmup=2):
 @pytest.mark.parametrize("encoder_input", ["L", "Lab"])
 def test_resume_continues_from_the_checkpoint_and_weights_round_trip(tmp_path, encoder_input):
     _make_clips(tmp_path / "clips")
-    cfg = load_config(UVCConfig, None, _tiny_overrides(tmp_path, steps=4) + [f"model.encoder_input={encoder_input}"])
+    cfg = load_config(UVCConfig, None, _tiny_overrides(tmp_path, steps=4) + [f"model.encoder_input={encoder_input}",
+                                                                            "train.decay_steps=2"])
     ckpt = train(cfg, max_steps=3)
     assert read_checkpoint(ckpt)["step"] == 3
     train(cfg)  # resumes at 3, runs to ae_steps + steps = 6
     state = read_checkpoint(ckpt)
     assert state["step"] == 6
-    assert (tmp_path / "run" / "log_stage2.csv").exists() and (tmp_path / "run" / "config.yaml").exists()
+    assert (tmp_path / "run" / "config.yaml").exists()
+    with open(tmp_path / "run" / "log_stage2.csv") as f:
+        lr_by_step = {int(row["step"]): float(row["lr"]) for row in csv.DictReader(f)}
+    # the last 2 of 6 steps decay linearly to 5 %: the update to step 5 used 1e-4, the one to step 6 half way down
+    assert lr_by_step[5] == pytest.approx(1e-4) and lr_by_step[6] == pytest.approx(1e-4 * (1 - 0.5 * 0.95))
     shipped = export_weights(ckpt, tmp_path / "w.pt")
     loaded = torch.load(shipped, map_location="cpu", weights_only=True)
     assert all(v.dtype == torch.float16 for v in loaded["state_dict"].values() if v.is_floating_point())
