@@ -95,8 +95,6 @@ class TrainingStep(nn.Module):
 def learning_rate(step: int, cfg: CMRConfig) -> float:
     """Constant, then linear decay to lr * final_lr_factor over the last ``decay_fraction`` of the steps."""
     t = cfg.train
-    if t.decay_fraction <= 0:
-        return t.lr
     return linear_decay_lr(step, t.lr, t.steps * (1 - t.decay_fraction), t.steps, t.final_lr_factor)
 
 
