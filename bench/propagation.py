@@ -86,7 +86,8 @@ def run_child(method: str, seq_name: str, frames: int, checkpoint: str) -> dict:
         stream = list(iter_propagate(iter(images), labels0, model, PropagationConfig()))
     elif method == "ours-global":
         protocol = PropagationConfig(radius=0, first_frame_global=True, context_mixing="average", use_bf16=False,
-                                    match_dims=0, layer2_weight=0.0, temperature=PROTOCOL_TEMPERATURE)
+                                    match_dims=0, layer2_weight=0.0, pixel_weight=0.0,
+                                    temperature=PROTOCOL_TEMPERATURE)
         stream = list(iter_propagate(iter(images), labels0, model, protocol))
     else:
         stream = naive_uvc(images, labels0, model)

@@ -95,6 +95,10 @@ class PropagationConfig:
     # share of the learned encoder's layer2 in the similarity (the rest is its output layer's; 0 = output only, as
     # UVC); None = by method: 0.5 for learned features (birds_dev J&F 0.680 -> 0.729), raw pixels ignore it
     layer2_weight: Optional[Fraction] = None
+    # share of raw Lab colour (3 x 3 patches of stride-8 cells, as the ``pixels`` method) in a learned model's
+    # similarity: (1 - w) cos(learned) + w cos(colour); None = by method: LEARNED_PIXEL_WEIGHT, pixels ignore it.
+    # With w > 0 ("fused") the windows and the temperature default to the pixels' (radius, 0.02)
+    pixel_weight: Optional[Fraction] = None
     max_side: Count = 854  # frames are resized so their longer side is at most this
     chunk_size: Count = 2048  # target positions per affinity chunk (bounds memory)
     # joint: one top-k over the candidates of all context frames; average: a top-k per frame, frames averaged (UVC)

@@ -41,6 +41,12 @@ class PixelFeatures(nn.Module):
 
     def features(self, lab: torch.Tensor) -> torch.Tensor:
         """Lab (B, 3, H, W) -> (B, 27, ceil(H / s), ceil(W / s)) L2-normalized, s = ``stride``."""
-        pooled = F.avg_pool2d(lab / 100.0, self.stride, stride=self.stride, ceil_mode=True)
-        patches = F.unfold(F.pad(pooled, (1, 1, 1, 1), mode="replicate"), 3)
-        return F.normalize(patches.view(lab.shape[0], 27, *pooled.shape[-2:]), dim=1)
+        return lab_patch_features(lab, self.stride)
+
+
+def lab_patch_features(lab: torch.Tensor, stride: int) -> torch.Tensor:
+    """Lab (B, 3, H, W) -> (B, 27, ceil(H / s), ceil(W / s)): the 3 x 3 neighbourhood of each stride-s cell's mean
+    colour (Lab / 100, uncentred), L2-normalized (``PixelFeatures``)."""
+    pooled = F.avg_pool2d(lab / 100.0, stride, stride=stride, ceil_mode=True)
+    patches = F.unfold(F.pad(pooled, (1, 1, 1, 1), mode="replicate"), 3)
+    return F.normalize(patches.view(lab.shape[0], 27, *pooled.shape[-2:]), dim=1)

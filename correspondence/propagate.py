@@ -32,14 +32,33 @@ from birdmesh.video import open_frames
 from .affinity import LocalWindows, key_tiles, local_windows, query_tiles, topk_global, topk_local_tiles
 from .checkpoint import DEFAULT_WEIGHTS, load_model
 from .config import PropagationConfig
-from .labels import PixelFeatures, index_to_soft, soft_to_index
+from .labels import PixelFeatures, index_to_soft, lab_patch_features, soft_to_index
 from .model import UVC
 from .networks import fuse_batchnorm
 
 LEARNED_RADII = (12.0, 6.0)  # default windows of the first and the previous frames for learned features
 LEARNED_MATCH_DIMS = 64  # default principal components kept for matching learned features
 LEARNED_LAYER2_WEIGHT = 0.5  # default share of the encoder's layer2 in the learned features' similarity
-TEMPERATURES = {"pixels": 0.02, "learned": 0.05}  # default softmax temperatures by method (see PropagationConfig)
+LEARNED_PIXEL_WEIGHT = 0.8  # default share of raw Lab colour in the learned features' similarity
+FEATURE_STRIDE = 8  # the learned encoder's output stride: the colour term is pooled on the same grid
+# default softmax temperatures by kind of similarity (see PropagationConfig); ``fused``: learned + raw Lab colour
+TEMPERATURES = {"pixels": 0.02, "learned": 0.05, "fused": 0.02}
+
+
+def similarity_kind(cfg: PropagationConfig, model: torch.nn.Module) -> str:
+    """``pixels`` (raw Lab), ``learned`` (a model's features) or ``fused`` (learned plus raw Lab colour,
+    ``pixel_weight`` > 0): the defaults of the temperature and the windows depend on it."""
+    if isinstance(model, PixelFeatures):
+        return "pixels"
+    return "fused" if pixel_weight(cfg, model) > 0 else "learned"
+
+
+def pixel_weight(cfg: PropagationConfig, model: torch.nn.Module) -> float:
+    """Share of raw Lab colour (3 x 3 patches, as ``PixelFeatures``) in a learned model's similarity; 0 for models
+    other than ``UVC``."""
+    if not isinstance(model, UVC):
+        return 0.0
+    return LEARNED_PIXEL_WEIGHT if cfg.pixel_weight is None else cfg.pixel_weight
 
 
 def context_radii(cfg: PropagationConfig, model: torch.nn.Module) -> tuple[float, float]:
@@ -50,7 +69,8 @@ def context_radii(cfg: PropagationConfig, model: torch.nn.Module) -> tuple[float
     """
     if cfg.radius <= 0:
         return 0.0, 0.0
-    by_method = (cfg.radius, cfg.radius) if isinstance(model, PixelFeatures) else LEARNED_RADII
+    # the colour term brings pixels' need for the wide window (birds_dev fused J&F 0.823 with 12 / 6, 0.861 12 / 12)
+    by_method = LEARNED_RADII if similarity_kind(cfg, model) == "learned" else (cfg.radius, cfg.radius)
     first = by_method[0] if cfg.radius_first is None else cfg.radius_first
     previous = by_method[1] if cfg.radius_previous is None else cfg.radius_previous
     return (0.0 if cfg.first_frame_global else first), previous
@@ -71,7 +91,7 @@ def softmax_temperature(cfg: PropagationConfig, model: torch.nn.Module) -> float
     """The temperature of the softmax over the top-k similarities: ``cfg.temperature``, else by method."""
     if cfg.temperature is not None:
         return cfg.temperature
-    return TEMPERATURES["pixels" if isinstance(model, PixelFeatures) else "learned"]
+    return TEMPERATURES[similarity_kind(cfg, model)]
 
 
 def layer2_weight(cfg: PropagationConfig, model: torch.nn.Module) -> float:
@@ -87,13 +107,16 @@ def layer2_weight(cfg: PropagationConfig, model: torch.nn.Module) -> float:
 
 
 def bf16_allowed(cfg: PropagationConfig, model: torch.nn.Module) -> bool:
-    """``cfg.use_bf16`` for learned features; raw pixels always match in float32.
+    """``cfg.use_bf16`` for learned and fused features; raw pixels always match in float32.
 
     Uncentred Lab pixels all point nearly the same way, so their cosines crowd just below 1, where bfloat16 keeps
     steps of 2^-8: the top-k ties and the labels drift (birds_dev pixels J&F 0.865 -> 0.792 on a CPU with native
-    bf16). Learned features spread their cosines (0.745 in float32, 0.747 in bf16).
+    bf16). Learned features spread their cosines (0.745 in float32, 0.747 in bf16). A fused similarity has the
+    colour's crowded cosines too, but matches its queries against centred keys (``iter_propagate``: every context
+    frame's features minus the first frame's mean): each query's similarities all shift by the same amount, which
+    changes neither its top-k nor their softmax, and what is left are small differences that bfloat16 keeps.
     """
-    return cfg.use_bf16 and not isinstance(model, PixelFeatures)
+    return cfg.use_bf16 and similarity_kind(cfg, model) != "pixels"
 
 
 def principal_basis(features: torch.Tensor, dims: int) -> torch.Tensor:
@@ -118,14 +141,34 @@ def frame_to_lab(frame: np.ndarray, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_frame(model: torch.nn.Module, frame: np.ndarray, use_bf16: bool, layer2: float = 0.0) -> torch.Tensor:
-    """Features (C, h, w) of one uint8 RGB frame, L2-normalized; bfloat16 autocast when asked (see
-    ``bf16_matching``); ``layer2`` > 0: a learned model's layer2 joined with that weight (``layer2_weight``)."""
-    lab = frame_to_lab(frame, next(iter([*model.parameters(), *model.buffers()])).device)
+def encode_frame(model: torch.nn.Module, frame: np.ndarray | torch.Tensor, use_bf16: bool,
+                 layer2: float = 0.0) -> torch.Tensor:
+    """Features (C, h, w) of one frame (uint8 RGB (H, W, 3), or Lab (1, 3, H, W) on the model's device),
+    L2-normalized; bfloat16 autocast when asked (see ``bf16_matching``); ``layer2`` > 0: a learned model's layer2
+    joined with that weight (``layer2_weight``)."""
+    lab = frame if torch.is_tensor(frame) else frame_to_lab(frame, model_device(model))
     device_type = lab.device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16_matching(use_bf16, lab.device)):
         feats = model.features(lab, layer2) if layer2 > 0 else model.features(lab)
     return F.normalize(feats.float(), dim=1)[0].contiguous()
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a feature model's parameters (or buffers, for models without parameters)."""
+    return next(iter([*model.parameters(), *model.buffers()])).device
+
+
+def join_colour(features: torch.Tensor, lab: torch.Tensor, weight: float) -> torch.Tensor:
+    """Unit features (C, h, w) and their frame's Lab (1, 3, H, W) -> (C + 27, h, w) unit features whose dot product
+    is (1 - weight) * the features' cosine + weight * the cosine of the frame's 3 x 3 Lab patches (``pixel_weight``).
+
+    Learned features miss what plain colour holds (a flamingo's pink on grey water); colour alone drifts onto any
+    look-alike region: fused, they track better than either.
+    """
+    colour = lab_patch_features(lab, FEATURE_STRIDE)[0].to(features.dtype)
+    if colour.shape[-2:] != features.shape[-2:]:
+        raise ValueError(f"colour grid {tuple(colour.shape[-2:])} != feature grid {tuple(features.shape[-2:])}")
+    return torch.cat([(1.0 - weight) ** 0.5 * features, weight ** 0.5 * colour])
 
 
 def bf16_matching(use_bf16: bool, device: torch.device) -> bool:
@@ -224,21 +267,28 @@ def iter_propagate(frames: Iterable[np.ndarray], labels0: torch.Tensor, model: t
     previous: collections.deque = collections.deque(maxlen=max(cfg.context_previous, 0))
     first, (radius_first, radius_previous) = None, context_radii(cfg, model)
     dims, basis, layer2 = match_dims(cfg, model), None, layer2_weight(cfg, model)
-    use_bf16 = bf16_allowed(cfg, model)
+    colour, use_bf16 = pixel_weight(cfg, model), bf16_allowed(cfg, model)
+    device, key_offset = model_device(model), None
     for frame in frames:
-        feat = encode_frame(model, frame, use_bf16, layer2)
+        lab = frame_to_lab(frame, device)
+        feat = encode_frame(model, lab, use_bf16, layer2)
         if dims:  # the first frame's principal subspace serves the whole video
             basis = principal_basis(feat, dims) if basis is None else basis
             feat = project_features(feat, basis)
+        key = feat
+        if colour > 0:  # joined after the projection, which is the learned features'
+            feat = join_colour(feat, lab, colour)
+            key_offset = feat.mean(dim=(1, 2), keepdim=True) if key_offset is None else key_offset
+            key = feat - key_offset  # centred keys, see bf16_allowed
         if bf16_matching(use_bf16, feat.device):
-            feat = feat.bfloat16()  # matching in bfloat16 is ~3x faster on CPUs with bf16 units
+            feat, key = feat.bfloat16(), key.bfloat16()  # matching in bfloat16 is ~3x faster with bf16 units
         if first is None:
             labels = labels_to_features(labels0.to(feat.device), tuple(feat.shape[-2:]))
-            first = make_context(feat, labels, radius_first)
+            first = make_context(key, labels, radius_first)
         else:
             labels = propagate_step(feat, [first, *previous], cfg)
         if cfg.context_previous > 0:
-            previous.append(make_context(feat, labels, radius_previous))
+            previous.append(make_context(key, labels, radius_previous))
         yield labels
 
 

@@ -335,7 +335,8 @@ def test_layer2_features_mix_the_two_layers_cosines_with_the_weight():
 
 def test_softmax_temperature_by_method_and_resolved_before_matching():
     assert softmax_temperature(PropagationConfig(), PixelFeatures(8)) == 0.02  # the benchmark protocol
-    assert softmax_temperature(PropagationConfig(), UVC()) == 0.05
+    assert softmax_temperature(PropagationConfig(), UVC()) == 0.02  # fused with colour by default
+    assert softmax_temperature(PropagationConfig(pixel_weight=0.0), UVC()) == 0.05  # learned features alone
     assert softmax_temperature(PropagationConfig(temperature=0.3), UVC()) == 0.3
     feats = torch.randn(4, 3, 3)
     context = [make_context(feats, torch.ones(2, 3, 3), 0.0)]
