@@ -96,8 +96,9 @@ class PropagationConfig:
     # UVC); None = by method: 0.5 for learned features (birds_dev J&F 0.680 -> 0.729), raw pixels ignore it
     layer2_weight: Optional[Fraction] = None
     # share of raw Lab colour (3 x 3 patches of stride-8 cells, as the ``pixels`` method) in a learned model's
-    # similarity: (1 - w) cos(learned) + w cos(colour); None = by method: LEARNED_PIXEL_WEIGHT, pixels ignore it.
-    # With w > 0 ("fused") the windows and the temperature default to the pixels' (radius, 0.02)
+    # similarity: (1 - w) cos(learned) + w cos(colour); None = by method: 0.8 for learned models (shipped file, J&F
+    # birds_dev 0.871, val_dev 0.660; features alone 0.781, 0.616), pixels ignore it. With w > 0 ("fused") the
+    # windows and the temperature default to the pixels' (radius, 0.02)
     pixel_weight: Optional[Fraction] = None
     max_side: Count = 854  # frames are resized so their longer side is at most this
     chunk_size: Count = 2048  # target positions per affinity chunk (bounds memory)
