@@ -7,10 +7,11 @@ frames/s, peak RAM and J&F; then the ratios. The naive protocol (UVC's test.py):
 frame, first frame + 7 previous predictions as references, per reference the top-5 of each target mixed with
 softmax(similarity / temperature), the 8 propagations averaged. Methods:
   ours         the default propagation (the first frame within ``radius_first``, the previous frames within
-               ``radius_previous``, on the first frame's principal components, one top-k over all of them);
-  ours-global  our streaming code on the naive protocol (radius off, all output channels, per-frame top-k averaged):
-               J&F must match;
-  naive        the protocol written plainly, full affinity matrices.
+               ``radius_previous``, on the first frame's principal components, one top-k over all of them;
+               bfloat16 on CPUs with native bf16, else the encoder in int8);
+  ours-global  our streaming code on the naive protocol (radius off, all output channels, per-frame top-k averaged,
+               float32): J&F must match;
+  naive        the protocol written plainly, full affinity matrices, float32.
 """
 from __future__ import annotations
 
@@ -86,8 +87,8 @@ def run_child(method: str, seq_name: str, frames: int, checkpoint: str) -> dict:
         stream = list(iter_propagate(iter(images), labels0, model, PropagationConfig()))
     elif method == "ours-global":
         protocol = PropagationConfig(radius=0, first_frame_global=True, context_mixing="average", use_bf16=False,
-                                    match_dims=0, layer2_weight=0.0, pixel_weight=0.0,
-                                    temperature=PROTOCOL_TEMPERATURE)
+                                     use_int8=False, match_dims=0, layer2_weight=0.0, pixel_weight=0.0,
+                                     temperature=PROTOCOL_TEMPERATURE)
         stream = list(iter_propagate(iter(images), labels0, model, protocol))
     else:
         stream = naive_uvc(images, labels0, model)

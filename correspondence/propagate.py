@@ -32,6 +32,7 @@ from birdmesh.video import open_frames
 from .affinity import LocalWindows, key_tiles, local_windows, query_tiles, topk_global, topk_local_tiles
 from .checkpoint import DEFAULT_WEIGHTS, load_model
 from .config import PropagationConfig
+from .int8 import Int8Encoder, int8_available
 from .labels import PixelFeatures, index_to_soft, lab_patch_features, soft_to_index
 from .model import UVC
 from .networks import fuse_batchnorm
@@ -171,6 +172,13 @@ def join_colour(features: torch.Tensor, lab: torch.Tensor, weight: float) -> tor
     return torch.cat([(1.0 - weight) ** 0.5 * features, weight ** 0.5 * colour])
 
 
+def int8_encoding(cfg: PropagationConfig, model: torch.nn.Module) -> bool:
+    """Whether a learned model's encoder runs in int8 (``correspondence.int8``): asked for, on a CPU where bf16 is
+    not native (there bf16 is faster and exact enough) and PyTorch has the quantized kernels."""
+    return (cfg.use_int8 and isinstance(model, UVC) and model_device(model).type == "cpu"
+            and not bf16_matching(bf16_allowed(cfg, model), model_device(model)) and int8_available())
+
+
 def bf16_matching(use_bf16: bool, device: torch.device) -> bool:
     """bfloat16 encoding and matching: asked for, on a CPU with native bf16 (emulated bf16 is far slower)."""
     return use_bf16 and device.type == "cpu" and cpu_has_fast_bf16()
@@ -268,10 +276,12 @@ def iter_propagate(frames: Iterable[np.ndarray], labels0: torch.Tensor, model: t
     first, (radius_first, radius_previous) = None, context_radii(cfg, model)
     dims, basis, layer2 = match_dims(cfg, model), None, layer2_weight(cfg, model)
     colour, use_bf16 = pixel_weight(cfg, model), bf16_allowed(cfg, model)
-    device, key_offset = model_device(model), None
+    device, key_offset, encoder = model_device(model), None, model
     for frame in frames:
         lab = frame_to_lab(frame, device)
-        feat = encode_frame(model, lab, use_bf16, layer2)
+        if first is None and int8_encoding(cfg, model):
+            encoder = Int8Encoder(model.encoder, lab)
+        feat = encode_frame(encoder, lab, use_bf16, layer2)
         if dims:  # the first frame's principal subspace serves the whole video
             basis = principal_basis(feat, dims) if basis is None else basis
             feat = project_features(feat, basis)
