@@ -54,7 +54,7 @@ class Int8Encoder(nn.Module):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the deprecation notice of torch.ao.quantization, once per video
             from torch.ao.quantization import get_default_qconfig_mapping, quantize_fx
-            torch.backends.quantized.engine = BACKEND
+            torch.backends.quantized.engine = BACKEND  # process-wide; the kernels these modules were built for
             body = _Layer2AndOutput(encoder).cpu().eval()
             x = lab_to_network_input(calibration_lab.cpu(), encoder.in_channels).contiguous()
             prepared = quantize_fx.prepare_fx(body, get_default_qconfig_mapping(BACKEND), (x,))
