@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .networks import LAYER2_END, FrameEncoder, lab_to_network_input
+from .networks import LAYER2_END, FrameEncoder, join_layer2, lab_to_network_input
 
 BACKEND = "x86"
 
@@ -69,7 +69,4 @@ class Int8Encoder(nn.Module):
         """Lab (B, 3, H, W) -> L2-normalized features (B, C, H / 8, W / 8), or with ``layer2_weight`` > 0 layer2's
         joined to them (128 + C channels, as ``FrameEncoder.with_layer2``)."""
         layer2, out = self.body(lab_to_network_input(lab, self.in_channels).contiguous())
-        if layer2_weight <= 0:
-            return F.normalize(out, dim=1)
-        return torch.cat([F.normalize(layer2, dim=1) * layer2_weight ** 0.5,
-                          F.normalize(out, dim=1) * (1 - layer2_weight) ** 0.5], dim=1)
+        return join_layer2(layer2, out, layer2_weight) if layer2_weight > 0 else F.normalize(out, dim=1)

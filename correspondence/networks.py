@@ -87,9 +87,14 @@ class FrameEncoder(nn.Module):
         the join costs (~3 ms per 480p frame).
         """
         layer2 = self.body[:LAYER2_END](lab_to_network_input(lab, self.in_channels))
-        out = self.body[LAYER2_END:](layer2)
-        return torch.cat([F.normalize(layer2, dim=1) * layer2_weight ** 0.5,
-                          F.normalize(out, dim=1) * (1 - layer2_weight) ** 0.5], dim=1)
+        return join_layer2(layer2, self.body[LAYER2_END:](layer2), layer2_weight)
+
+
+def join_layer2(layer2: torch.Tensor, out: torch.Tensor, layer2_weight: float) -> torch.Tensor:
+    """Un-normalized layer2 (B, 128, h, w) and output (B, C, h, w) features -> (B, 128 + C, h, w), each part
+    L2-normalized and scaled by sqrt(w) and sqrt(1 - w) (see ``FrameEncoder.with_layer2``)."""
+    return torch.cat([F.normalize(layer2, dim=1) * layer2_weight ** 0.5,
+                      F.normalize(out, dim=1) * (1 - layer2_weight) ** 0.5], dim=1)
 
 
 def fuse_batchnorm(module: nn.Module) -> nn.Module:
