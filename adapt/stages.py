@@ -27,8 +27,9 @@ from .optimize import VideoCrops
 from .parts import random_parts
 
 # Bumped whenever the propagation's output changes for the same settings, so older cached results are not reused
-# (2: raw pixels match in float32 on CPUs with native bf16; 3: learned features' first-frame window 8 -> 12).
-PROPAGATION_CODE_VERSION = 3
+# (2: raw pixels match in float32 on CPUs with native bf16; 3: learned features' first-frame window 8 -> 12; 4: no
+# matching where every candidate is background, context.changing_tiles).
+PROPAGATION_CODE_VERSION = 4
 
 
 def frame_tensor(frame: np.ndarray, device) -> Tensor:

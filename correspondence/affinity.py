@@ -2,7 +2,8 @@
 
 Both functions return, per target position, the k best reference positions of one context frame as similarity
 values and flat indices; the caller merges the candidates of all context frames and mixes their labels.
-Memory is bounded by chunking (global) or tiling (local); no full (N_tar, N_ref) matrix is kept.
+Memory is bounded by chunking (global) or tiling (local); no full (N_tar, N_ref) matrix is kept. Local matching
+works on tiles of target positions (``query_grid``), any subset of them (``tile_runs``), in tile order (``untile``).
 """
 from __future__ import annotations
 
@@ -55,8 +56,7 @@ class LocalWindows:
         h, w, tile, reach: map size, query tile side, window margin (floor of the radius), in cells.
         flat_index: (n, W^2) int64 index into h * w of every window cell of every tile (W = tile + 2 reach);
             cells outside the map point at 0 and are masked by ``bias``.
-        query_index: (n, T^2) int64 index into h * w of every query cell of every tile (padding points at 0;
-            its results are dropped).
+        query_index: (n, T^2) int64 index into h * w of every query cell of every tile (``query_grid``).
         bias: (n, T^2, W^2) float 0 where the key cell lies within the radius of the query cell and inside the
             map, -inf elsewhere (T^2 = tile * tile queries per tile).
     """
@@ -68,6 +68,25 @@ class LocalWindows:
     flat_index: torch.Tensor
     query_index: torch.Tensor
     bias: torch.Tensor
+
+
+@functools.lru_cache(maxsize=8)
+def query_grid(h: int, w: int, tile: int = TILE, device: str = "cpu") -> torch.Tensor:
+    """(n, T^2) int64 index into h * w of every query cell of every ``tile`` x ``tile`` tile of an h x w map, tiles
+    in row-major order; the map is padded up to whole tiles and padding cells repeat the last row / column (their
+    results are dropped by ``untile``)."""
+    hp, wp = math.ceil(h / tile) * tile, math.ceil(w / tile) * tile
+    qy, qx = torch.arange(hp, device=device).clamp_max(h - 1), torch.arange(wp, device=device).clamp_max(w - 1)
+    query_flat = (qy.view(-1, 1) * w + qx.view(1, -1)).double()
+    return F.unfold(query_flat[None, None], tile, stride=tile)[0].T.long()
+
+
+def untile(x: torch.Tensor, h: int, w: int, tile: int = TILE) -> torch.Tensor:
+    """Rows in tile order (``query_grid``) -> rows in map order: (n * T^2, *rest) -> (h * w, *rest)."""
+    hp, wp = math.ceil(h / tile) * tile, math.ceil(w / tile) * tile
+    rest = x.shape[1:]
+    x = x.reshape(hp // tile, wp // tile, tile, tile, *rest).transpose(1, 2).reshape(hp, wp, *rest)
+    return x[:h, :w].reshape(h * w, *rest)
 
 
 @functools.lru_cache(maxsize=8)
@@ -89,11 +108,8 @@ def local_windows(h: int, w: int, radius: float, tile: int = TILE, device: str =
     near = ((dy**2 + dx**2) <= radius**2).reshape(tile * tile, -1)
     allowed = near[None] & valid_tiles[:, None, :]
     bias = torch.zeros(allowed.shape, device=device).masked_fill_(~allowed, float("-inf"))
-    qy, qx = torch.arange(hp, device=device).clamp_max(h - 1), torch.arange(wp, device=device).clamp_max(w - 1)
-    query_flat = (qy.view(-1, 1) * w + qx.view(1, -1)).double()
-    query_index = F.unfold(query_flat[None, None], tile, stride=tile)[0].T.long()  # (n, T^2)
     flat_tiles = torch.where(valid_tiles, flat_tiles, torch.zeros_like(flat_tiles))
-    return LocalWindows(h, w, tile, reach, flat_tiles, query_index, bias)
+    return LocalWindows(h, w, tile, reach, flat_tiles, query_grid(h, w, tile, device), bias)
 
 
 def key_tiles(key: torch.Tensor, win: LocalWindows) -> torch.Tensor:
@@ -110,36 +126,40 @@ def key_tiles(key: torch.Tensor, win: LocalWindows) -> torch.Tensor:
     return tiles.contiguous() if key.dtype == torch.bfloat16 else tiles
 
 
-def query_tiles(query: torch.Tensor, win: LocalWindows) -> torch.Tensor:
-    """Query features gathered into tiles: (C, h, w) -> (n, T^2, C)."""
-    return query.flatten(1).T.contiguous().index_select(0, win.query_index.flatten()).view(*win.query_index.shape, -1)
+def query_tiles(query: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Query features gathered into the tiles of a (n, T^2) ``query_grid``: (C, h, w) -> (n, T^2, C)."""
+    return query.flatten(1).T.contiguous().index_select(0, grid.flatten()).view(*grid.shape, -1)
 
 
-def topk_local_tiles(queries: torch.Tensor, keys: torch.Tensor, win: LocalWindows,
-                     k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k within the radius, from pre-cut tiles (``query_tiles``, ``key_tiles``).
+def tile_runs(selected: torch.Tensor) -> list[slice]:
+    """(n,) bool over tiles -> the runs of consecutive selected tiles as slices (views, not copies, of tiled
+    tensors: a selected region is mostly a few runs per row of tiles)."""
+    flags = torch.cat([torch.zeros(1, dtype=torch.int8), selected.to(torch.int8).cpu(), torch.zeros(1, dtype=torch.int8)])
+    edges = torch.nonzero(flags.diff()).flatten().tolist()
+    return [slice(start, stop) for start, stop in zip(edges[0::2], edges[1::2])]
+
+
+def topk_local_tiles(queries: torch.Tensor, keys: torch.Tensor, win: LocalWindows, k: int,
+                     runs: list[slice] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k within the radius, from pre-cut tiles (``query_tiles``, ``key_tiles``), for the tiles of ``runs``
+    (default: all).
 
     Returns:
-        values (h * w, k) (masked candidates are -inf) and flat key indices (h * w, k) int64.
+        values (N, k) (masked candidates are -inf) and flat key indices (N, k) int64 into h * w, rows in tile order
+        (``untile`` puts all tiles' rows in map order), N = T^2 x the tiles in ``runs``.
     """
-    n, kk, tile = queries.shape[0], min(k, keys.shape[2]), win.tile
-    values, positions = [], []
-    for start in range(0, n, TILES_PER_PRODUCT):
-        part = slice(start, start + TILES_PER_PRODUCT)
-        sims = torch.bmm(queries[part], keys[part]).float().add_(win.bias[part])  # (tiles, T^2, W^2)
-        top = sims.topk(kk, dim=2)
-        values.append(top.values)
-        positions.append(top.indices)
-    indices = torch.gather(win.flat_index[:, None, :].expand(-1, tile * tile, -1), 2, torch.cat(positions))
-    hp, wp = math.ceil(win.h / tile) * tile, math.ceil(win.w / tile) * tile
-    nty, ntx = hp // tile, wp // tile
-    assert nty * ntx == n
-
-    def untile(x: torch.Tensor) -> torch.Tensor:
-        x = x.view(nty, ntx, tile, tile, kk).permute(0, 2, 1, 3, 4).reshape(hp, wp, kk)
-        return x[:win.h, :win.w].reshape(win.h * win.w, kk)
-
-    return untile(torch.cat(values)), untile(indices)
+    kk, tile = min(k, keys.shape[2]), win.tile
+    values, indices = [], []
+    for run in [slice(0, queries.shape[0])] if runs is None else runs:
+        for start in range(run.start, run.stop, TILES_PER_PRODUCT):
+            part = slice(start, min(start + TILES_PER_PRODUCT, run.stop))
+            sims = torch.bmm(queries[part], keys[part]).float().add_(win.bias[part])  # (tiles, T^2, W^2)
+            top = sims.topk(kk, dim=2)
+            values.append(top.values)
+            indices.append(torch.gather(win.flat_index[part, None, :].expand(-1, tile * tile, -1), 2, top.indices))
+    if not values:
+        return queries.new_empty((0, kk), dtype=torch.float32), torch.empty((0, kk), dtype=torch.long)
+    return torch.cat(values).view(-1, kk), torch.cat(indices).view(-1, kk)
 
 
 def topk_local(query: torch.Tensor, key: torch.Tensor, k: int, radius: float,
@@ -159,4 +179,5 @@ def topk_local(query: torch.Tensor, key: torch.Tensor, k: int, radius: float,
     if query.shape != key.shape:
         raise ValueError(f"query/key: expected the same (C, h, w), got {tuple(query.shape)} and {tuple(key.shape)}")
     win = local_windows(query.shape[1], query.shape[2], float(radius), tile, str(query.device))
-    return topk_local_tiles(query_tiles(query, win), key_tiles(key, win), win, k)
+    values, indices = topk_local_tiles(query_tiles(query, win.query_index), key_tiles(key, win), win, k)
+    return untile(values, win.h, win.w, tile), untile(indices, win.h, win.w, tile)

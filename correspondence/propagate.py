@@ -2,7 +2,9 @@
 
 Masks, random parts and keypoint heatmaps all travel as soft maps (C, H, W), channel 0 background. Each target
 frame takes the first frame plus the ``context_previous`` previous predictions as context; every context frame's
-features are computed once and kept in a bounded queue, so memory is flat in video length.
+features are computed once and kept in a bounded queue, so memory is flat in video length. Target positions are
+matched only where some candidate carries a label other than background (``context.changing_tiles``): an object that fills
+a small part of the frame costs a matching of about that part.
 
 CLI: ``python -m correspondence.propagate INPUT --mask FIRST.png --out DIR`` writes DIR/%05d.png (DAVIS palette).
 """
@@ -11,7 +13,6 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -29,9 +30,9 @@ from birdmesh.outdir import atomic_output_dir
 from birdmesh.runtime import cpu_has_fast_bf16, resolve_device
 from birdmesh.video import open_frames
 
-from .affinity import LocalWindows, key_tiles, local_windows, query_tiles, topk_global, topk_local_tiles
 from .checkpoint import DEFAULT_WEIGHTS, load_model
 from .config import PropagationConfig
+from .context import make_context, propagate_step
 from .int8 import Int8Encoder, int8_available
 from .labels import PixelFeatures, index_to_soft, lab_patch_features, soft_to_index
 from .model import UVC
@@ -187,80 +188,6 @@ def bf16_matching(use_bf16: bool, device: torch.device) -> bool:
 def labels_to_features(labels: torch.Tensor, feat_hw: tuple[int, int]) -> torch.Tensor:
     """Soft labels (C, H, W) at image resolution -> (C, h, w) at feature resolution (area average)."""
     return F.adaptive_avg_pool2d(labels[None].float(), feat_hw)[0]
-
-
-def mix_candidate_labels(values: torch.Tensor, indices: torch.Tensor, context_labels: torch.Tensor,
-                         k: int, temperature: float) -> torch.Tensor:
-    """Merge the candidates of all context frames: top-k overall, softmax(sim / temperature), mix labels.
-
-    Args:
-        values: (N, M) candidate similarities (-inf = masked), M = sum of per-frame candidates.
-        indices: (N, M) flat indices into the stacked context positions.
-        context_labels: (C, P) labels of all context positions.
-    Returns:
-        (C, N) soft labels.
-    """
-    top = values.topk(min(k, values.shape[1]), dim=1)
-    weights = torch.softmax(top.values / temperature, dim=1)  # (N, k)
-    chosen = torch.gather(indices, 1, top.indices)
-    picked = context_labels[:, chosen]  # (C, N, k)
-    return (picked * weights[None]).sum(dim=2)
-
-
-@dataclass(frozen=True)
-class ContextFrame:
-    """A frame serving as context: features (C, h, w), soft labels (L, h, w) and, for frames matched within a
-    local window, its features pre-cut into windows (``affinity.key_tiles``), computed once, and that window's
-    geometry."""
-
-    features: torch.Tensor
-    labels: torch.Tensor
-    tiles: torch.Tensor | None = None
-    window: LocalWindows | None = None
-
-
-def make_context(features: torch.Tensor, labels: torch.Tensor, radius: float) -> ContextFrame:
-    """Wrap a frame for the context queue, cutting its windows once when it will be matched locally (radius > 0,
-    in feature cells; otherwise it is matched globally)."""
-    if radius <= 0:
-        return ContextFrame(features, labels)
-    win = local_windows(features.shape[1], features.shape[2], float(radius), device=str(features.device))
-    return ContextFrame(features, labels, key_tiles(features, win), win)
-
-
-def propagate_step(target_feat: torch.Tensor, context: list[ContextFrame], cfg: PropagationConfig) -> torch.Tensor:
-    """Labels of one target frame from its context.
-
-    Args:
-        target_feat: (C, h, w) target features.
-        context: the first frame, then previous frames; each is matched within its window when it carries
-            tiles, globally otherwise.
-        cfg: with its temperature set (``iter_propagate`` resolves None with ``softmax_temperature``).
-    Returns:
-        (L, h, w) soft labels.
-    """
-    if cfg.temperature is None:
-        raise ValueError("cfg.temperature: None; resolve it by method with softmax_temperature(cfg, model)")
-    C, h, w = target_feat.shape
-    query = target_feat.flatten(1)
-    queries = None
-    all_values, all_indices = [], []
-    for position, frame in enumerate(context):
-        if frame.tiles is None:
-            values, indices = topk_global(query, frame.features.flatten(1), cfg.topk, cfg.chunk_size)
-        else:  # query tiles depend on the tile size only, shared by windows of any radius
-            queries = query_tiles(target_feat, frame.window) if queries is None else queries
-            values, indices = topk_local_tiles(queries, frame.tiles, frame.window, cfg.topk)
-        all_values.append(values)
-        all_indices.append(indices + position * h * w)
-    labels = torch.cat([frame.labels.flatten(1) for frame in context], dim=1)  # (L, n_ctx * h * w)
-    if cfg.context_mixing == "average":  # UVC's test.py: each context frame votes with its own top-k, equally
-        mixed = sum(mix_candidate_labels(v, i, labels, cfg.topk, cfg.temperature)
-                    for v, i in zip(all_values, all_indices)) / len(context)
-    else:  # one top-k over the candidates of all context frames
-        mixed = mix_candidate_labels(torch.cat(all_values, 1), torch.cat(all_indices, 1), labels, cfg.topk,
-                                     cfg.temperature)
-    return mixed.view(-1, h, w)
 
 
 def iter_propagate(frames: Iterable[np.ndarray], labels0: torch.Tensor, model: torch.nn.Module,

@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from correspondence.config import PropagationConfig
 from correspondence.labels import PixelFeatures
 from correspondence.model import UVC
-from correspondence.propagate import (bf16_allowed, context_radii, join_colour, make_context, pixel_weight,
-                                     propagate_labels, propagate_step, similarity_kind, softmax_temperature)
+from correspondence.context import make_context, propagate_step
+from correspondence.propagate import (bf16_allowed, context_radii, join_colour, pixel_weight, propagate_labels,
+                                     similarity_kind, softmax_temperature)
 
 
 def _random_lab(h, w, seed):

@@ -9,9 +9,9 @@ from correspondence.config import PropagationConfig
 from correspondence.labels import PixelFeatures, index_to_soft, soft_to_index
 from correspondence.propagate import main as propagate_main
 from correspondence.model import UVC
-from correspondence.propagate import (context_radii, iter_propagate, layer2_weight, make_context, match_dims,
-                                     mix_candidate_labels, principal_basis, project_features, propagate_labels,
-                                     propagate_step, softmax_temperature)
+from correspondence.context import ContextFrame, make_context, mix_candidate_labels, propagate_step
+from correspondence.propagate import (context_radii, iter_propagate, layer2_weight, match_dims, principal_basis,
+                                     project_features, propagate_labels, softmax_temperature)
 
 
 class PositionFeatures(nn.Module):
@@ -197,8 +197,6 @@ def test_raw_pixels_match_in_float32_even_where_bf16_is_native(monkeypatch):
 
 
 def test_average_mixing_gives_each_context_frame_an_equal_vote():
-    from correspondence.propagate import ContextFrame, propagate_step
-
     # Two context frames with identical features but different labels: a joint top-1 picks one frame's label,
     # averaging takes the mean of both (UVC's test-time protocol).
     feats = F.normalize(torch.randn(8, 2, 3, generator=torch.Generator().manual_seed(0)), dim=0)

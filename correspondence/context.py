@@ -1,0 +1,127 @@
+"""One target frame's labels from its context frames: the first frame and the previous predictions.
+
+Each context frame is matched within its own window (pre-cut once, ``make_context``) or globally; the candidates of
+all context frames are merged by one top-k (or averaged per frame, as UVC) and their labels mixed by a softmax over
+the similarities. Only tiles of target positions whose candidates may carry a label are matched
+(``changing_tiles``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .affinity import (TILE, LocalWindows, key_tiles, local_windows, query_grid, query_tiles, tile_runs, topk_global,
+                       topk_local_tiles, untile)
+from .config import PropagationConfig
+
+# labels below this (channels 1..) count as background when deciding where to match (``changing_tiles``)
+LABEL_FLOOR = 1e-3
+
+
+def mix_candidate_labels(values: torch.Tensor, indices: torch.Tensor, context_labels: torch.Tensor,
+                         k: int, temperature: float) -> torch.Tensor:
+    """Merge the candidates of all context frames: top-k overall, softmax(sim / temperature), mix labels.
+
+    Args:
+        values: (N, M) candidate similarities (-inf = masked), M = sum of per-frame candidates.
+        indices: (N, M) flat indices into the stacked context positions.
+        context_labels: (C, P) labels of all context positions.
+    Returns:
+        (C, N) soft labels.
+    """
+    top = values.topk(min(k, values.shape[1]), dim=1)
+    weights = torch.softmax(top.values / temperature, dim=1)  # (N, k)
+    chosen = torch.gather(indices, 1, top.indices)
+    picked = context_labels[:, chosen]  # (C, N, k)
+    return (picked * weights[None]).sum(dim=2)
+
+
+@dataclass(frozen=True)
+class ContextFrame:
+    """A frame serving as context: features (C, h, w), soft labels (L, h, w) and, for frames matched within a
+    local window, its features pre-cut into windows (``affinity.key_tiles``), computed once, and that window's
+    geometry."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    tiles: torch.Tensor | None = None
+    window: LocalWindows | None = None
+
+
+def make_context(features: torch.Tensor, labels: torch.Tensor, radius: float) -> ContextFrame:
+    """Wrap a frame for the context queue, cutting its windows once when it will be matched locally (radius > 0,
+    in feature cells; otherwise it is matched globally)."""
+    if radius <= 0:
+        return ContextFrame(features, labels)
+    win = local_windows(features.shape[1], features.shape[2], float(radius), device=str(features.device))
+    return ContextFrame(features, labels, key_tiles(features, win), win)
+
+
+def changing_tiles(context: list[ContextFrame], grid: torch.Tensor) -> torch.Tensor:
+    """(n,) bool: the query tiles (``affinity.query_grid``) whose labels may differ from plain background.
+
+    A target position mixes labels of context cells it may match, so its labels per channel never exceed theirs:
+    when every such cell is background up to ``LABEL_FLOOR`` (channels 1.. all below it), the position is set to
+    background without matching, off by less than ``LABEL_FLOOR`` per channel. (The floor, not exact zeros: the
+    softmax's tails never quite vanish and, taken as labels, would spread the object one window per frame.)
+    Conservative: a tile counts as changing when any cell of its square window (any cell at all for a globally
+    matched frame) is labelled, or when the labels have a single channel.
+    """
+    changing = torch.zeros(grid.shape[0], dtype=torch.bool, device=grid.device)
+    for frame in context:
+        if frame.labels.shape[0] < 2:
+            return changing.fill_(True)
+        labelled = (frame.labels[1:] >= LABEL_FLOOR).any(dim=0).flatten()  # (h * w,)
+        if frame.window is None:
+            if labelled.any():
+                return changing.fill_(True)
+        else:
+            changing |= labelled[frame.window.flat_index].any(dim=1)
+    return changing
+
+
+def propagate_step(target_feat: torch.Tensor, context: list[ContextFrame], cfg: PropagationConfig) -> torch.Tensor:
+    """Labels of one target frame from its context.
+
+    Matching runs by tiles of target positions (``affinity.query_grid``), only where labels may change
+    (``changing_tiles``); the other positions are background (channel 0), as the matching would make them.
+
+    Args:
+        target_feat: (C, h, w) target features.
+        context: the first frame, then previous frames; each is matched within its window when it carries
+            tiles, globally otherwise.
+        cfg: with its temperature set (``iter_propagate`` resolves None with ``softmax_temperature``).
+    Returns:
+        (L, h, w) soft labels.
+    """
+    if cfg.temperature is None:
+        raise ValueError("cfg.temperature: None; resolve it by method with softmax_temperature(cfg, model)")
+    C, h, w = target_feat.shape
+    grid = query_grid(h, w, TILE, str(target_feat.device))  # (n, T^2)
+    if any(frame.window is not None and frame.window.tile != TILE for frame in context):
+        raise ValueError(f"context windows: expected query tiles of {TILE} cells (affinity.TILE)")
+    changing = changing_tiles(context, grid)
+    runs = tile_runs(changing)
+    labels = torch.cat([frame.labels.flatten(1) for frame in context], dim=1)  # (L, n_ctx * h * w)
+    out = labels.new_zeros(labels.shape[0], grid.numel())
+    out[0] = 1.0
+    if runs:
+        queries = query_tiles(target_feat, grid)  # (n, T^2, C)
+        chosen = torch.cat([queries[run] for run in runs]).flatten(0, 1)  # (N, C), rows in tile order
+        all_values, all_indices = [], []
+        for position, frame in enumerate(context):
+            if frame.tiles is None:
+                values, indices = topk_global(chosen.T, frame.features.flatten(1), cfg.topk, cfg.chunk_size)
+            else:
+                values, indices = topk_local_tiles(queries, frame.tiles, frame.window, cfg.topk, runs)
+            all_values.append(values)
+            all_indices.append(indices + position * h * w)
+        if cfg.context_mixing == "average":  # UVC's test.py: each context frame votes with its own top-k, equally
+            mixed = sum(mix_candidate_labels(v, i, labels, cfg.topk, cfg.temperature)
+                        for v, i in zip(all_values, all_indices)) / len(context)
+        else:  # one top-k over the candidates of all context frames
+            mixed = mix_candidate_labels(torch.cat(all_values, 1), torch.cat(all_indices, 1), labels, cfg.topk,
+                                         cfg.temperature)
+        out.view(labels.shape[0], *grid.shape)[:, changing] = mixed.view(labels.shape[0], -1, grid.shape[1])
+    return untile(out.T, h, w).T.reshape(-1, h, w)
