@@ -7,6 +7,7 @@ the similarities. Only tiles of target positions whose candidates may carry a la
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,17 @@ class ContextFrame:
     tiles: torch.Tensor | None = None
     window: LocalWindows | None = None
 
+    @functools.cached_property
+    def labelled_tiles(self) -> torch.Tensor:
+        """Whether the frame can give a target position a label other than background (see ``changing_tiles``):
+        (n,) bool by query tile of its window, or a scalar bool for a globally matched frame; computed once for
+        all the targets the frame serves."""
+        if self.labels.shape[0] < 2:  # no background channel to tell apart
+            labelled = torch.ones(self.labels.shape[1:], dtype=torch.bool, device=self.labels.device).flatten()
+        else:
+            labelled = (self.labels[1:] >= LABEL_FLOOR).any(dim=0).flatten()  # (h * w,)
+        return labelled.any() if self.window is None else labelled[self.window.flat_index].any(dim=1)
+
 
 def make_context(features: torch.Tensor, labels: torch.Tensor, radius: float) -> ContextFrame:
     """Wrap a frame for the context queue, cutting its windows once when it will be matched locally (radius > 0,
@@ -70,14 +82,7 @@ def changing_tiles(context: list[ContextFrame], grid: torch.Tensor) -> torch.Ten
     """
     changing = torch.zeros(grid.shape[0], dtype=torch.bool, device=grid.device)
     for frame in context:
-        if frame.labels.shape[0] < 2:
-            return changing.fill_(True)
-        labelled = (frame.labels[1:] >= LABEL_FLOOR).any(dim=0).flatten()  # (h * w,)
-        if frame.window is None:
-            if labelled.any():
-                return changing.fill_(True)
-        else:
-            changing |= labelled[frame.window.flat_index].any(dim=1)
+        changing |= frame.labelled_tiles
     return changing
 
 
