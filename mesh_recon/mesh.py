@@ -183,8 +183,13 @@ def face_uv_sampler(verts: Tensor, faces: Tensor, tex_size: int = 6) -> Tensor:
 
 def mesh_edges(faces: Tensor) -> Tensor:
     """(E, 2) int64 unique undirected edges (i < j) of (F, 3) faces, sorted."""
-    edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    return torch.unique(torch.sort(edges, dim=1).values, dim=0)
+    edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).sort(dim=1).values
+    if edges.numel() == 0:
+        return edges.long()
+    # one int64 key per edge: a 1-d unique is ~8x faster than unique over rows (called at every ARAP evaluation)
+    n = int(edges.max()) + 1
+    keys = torch.unique(edges[:, 0].long() * n + edges[:, 1])
+    return torch.stack([keys // n, keys % n], dim=1)
 
 
 def edge_lengths(verts: Tensor, faces: Tensor) -> Tensor:

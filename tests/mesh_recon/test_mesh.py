@@ -204,3 +204,10 @@ def test_obj_round_trip_with_trimesh(tmp_path):
     assert loaded_verts.shape == verts.shape and torch.equal(loaded_faces, faces)
     vt = np.array([line.split()[1:] for line in textured.read_text().splitlines() if line.startswith("vt ")], float)
     assert math.isclose(vt[:, 1].min(), 0.0, abs_tol=0.05) and vt[:, 1].max() <= 1.0
+
+
+def test_mesh_edges_match_a_set_of_sorted_pairs():
+    faces = torch.randint(0, 40, (60, 3), generator=torch.Generator().manual_seed(0))
+    expected = sorted({tuple(sorted((int(f[a]), int(f[b])))) for f in faces for a, b in ((0, 1), (1, 2), (2, 0))})
+    assert mesh_edges(faces).tolist() == [list(e) for e in expected]
+    assert mesh_edges(torch.zeros(0, 3, dtype=torch.long)).shape == (0, 2)
