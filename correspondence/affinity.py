@@ -134,7 +134,8 @@ def query_tiles(query: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 def tile_runs(selected: torch.Tensor) -> list[slice]:
     """(n,) bool over tiles -> the runs of consecutive selected tiles as slices (views, not copies, of tiled
     tensors: a selected region is mostly a few runs per row of tiles)."""
-    flags = torch.cat([torch.zeros(1, dtype=torch.int8), selected.to(torch.int8).cpu(), torch.zeros(1, dtype=torch.int8)])
+    edge = torch.zeros(1, dtype=torch.int8)
+    flags = torch.cat([edge, selected.to(torch.int8).cpu(), edge])
     edges = torch.nonzero(flags.diff()).flatten().tolist()
     return [slice(start, stop) for start, stop in zip(edges[0::2], edges[1::2])]
 

@@ -90,7 +90,8 @@ def propagate_step(target_feat: torch.Tensor, context: list[ContextFrame], cfg: 
     """Labels of one target frame from its context.
 
     Matching runs by tiles of target positions (``affinity.query_grid``), only where labels may change
-    (``changing_tiles``); the other positions are background (channel 0), as the matching would make them.
+    (``changing_tiles``); the other positions are background (channel 0), as the matching would make them up to
+    ``LABEL_FLOOR``.
 
     Args:
         target_feat: (C, h, w) target features.

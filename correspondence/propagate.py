@@ -3,8 +3,8 @@
 Masks, random parts and keypoint heatmaps all travel as soft maps (C, H, W), channel 0 background. Each target
 frame takes the first frame plus the ``context_previous`` previous predictions as context; every context frame's
 features are computed once and kept in a bounded queue, so memory is flat in video length. Target positions are
-matched only where some candidate carries a label other than background (``context.changing_tiles``): an object that fills
-a small part of the frame costs a matching of about that part.
+matched only where some candidate carries a label other than background (``context.changing_tiles``): an object
+that fills a small part of the frame costs a matching of about that part.
 
 CLI: ``python -m correspondence.propagate INPUT --mask FIRST.png --out DIR`` writes DIR/%05d.png (DAVIS palette).
 """
