@@ -53,11 +53,17 @@ class Int8Encoder(nn.Module):
         super().__init__()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the deprecation notice of torch.ao.quantization, once per video
-            from torch.ao.quantization import get_default_qconfig_mapping, quantize_fx
+            from torch.ao.quantization import MinMaxObserver, QConfig, QConfigMapping, quantize_fx
+            from torch.ao.quantization.observer import default_per_channel_weight_observer
             torch.backends.quantized.engine = BACKEND  # process-wide; the kernels these modules were built for
             body = _Layer2AndOutput(encoder).cpu().eval()
             x = lab_to_network_input(calibration_lab.cpu(), encoder.in_channels).contiguous()
-            prepared = quantize_fx.prepare_fx(body, get_default_qconfig_mapping(BACKEND), (x,))
+            # min / max activation ranges: calibrating costs half of the x86 default's histograms (1.3 vs 2.6 s per
+            # video on a 2-core AVX2 CPU), features at cosine 0.996 vs 0.997 to the float ones; reduce_range keeps
+            # the int8 products from saturating on CPUs without VNNI, as the x86 default does
+            qconfig = QConfig(activation=MinMaxObserver.with_args(reduce_range=True),
+                              weight=default_per_channel_weight_observer)
+            prepared = quantize_fx.prepare_fx(body, QConfigMapping().set_global(qconfig), (x,))
             with torch.no_grad():
                 prepared(x)
             self.body = quantize_fx.convert_fx(prepared)
