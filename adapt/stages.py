@@ -14,7 +14,7 @@ from birdmesh.checkpoint import read_checkpoint, save_checkpoint
 from birdmesh.config import config_to_dict
 from birdmesh.errors import UserError
 from correspondence.checkpoint import DEFAULT_WEIGHTS
-from correspondence.labels import index_to_soft
+from correspondence.labels import index_to_soft, soft_to_index
 from correspondence.propagate import build_model, iter_propagate, upsample_labels
 from mesh_recon.crop import crop_box_from_mask, crop_image
 from mesh_recon.geometry import weak_perspective_project
@@ -93,7 +93,7 @@ def propagate_and_crop(video: VideoInput, labels0: Tensor, model: torch.nn.Modul
         masks.append(crop_image(mask, box, crop_size, padding_mode="zeros"))
         parts.append(crop_image(soft[None], box, crop_size).half())
         boxes.append(box)
-        indices.append(soft.argmax(0).to(torch.uint8).cpu().numpy())
+        indices.append(soft_to_index(soft))
     crops = VideoCrops(torch.cat(images), torch.cat(masks), torch.cat(parts), torch.cat(boxes),
                        torch.tensor(valid, device=device), (H, W))
     return crops, np.stack(indices)
