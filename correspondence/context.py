@@ -103,7 +103,7 @@ def propagate_step(target_feat: torch.Tensor, context: list[ContextFrame], cfg: 
     """
     if cfg.temperature is None:
         raise ValueError("cfg.temperature: None; resolve it by method with softmax_temperature(cfg, model)")
-    C, h, w = target_feat.shape
+    _, h, w = target_feat.shape
     grid = query_grid(h, w, TILE, str(target_feat.device))  # (n, T^2)
     if any(frame.window is not None and frame.window.tile != TILE for frame in context):
         raise ValueError(f"context windows: expected query tiles of {TILE} cells (affinity.TILE)")
