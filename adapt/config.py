@@ -4,13 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from birdmesh.config import Count, Fraction, NonNegative, NonNegativeInt, Positive
+from birdmesh.config import Count, Fraction, FrameSide, NonNegative, NonNegativeInt, Positive, RenderSide
 from correspondence.config import PropagationConfig
 
 
 @dataclass(frozen=True)
 class InputConfig:
-    max_side: Count = 854  # frames are resized so their longer side is at most this (854 = DAVIS 480p)
+    max_side: FrameSide = 854  # frames are resized so their longer side is at most this (854 = DAVIS 480p; >= 64)
     max_frames: NonNegativeInt = 0  # use at most this many frames (0 = all)
     stride: Count = 1  # keep every n-th frame
     grabcut_iterations: Count = 5  # OpenCV GrabCut iterations for --box and the automatic first mask
@@ -58,6 +58,12 @@ class LossWeights:
     laplacian: NonNegative = 1.0  # Laplacian of the residual (frame mesh - base shape)
     camera_smooth: NonNegative = 1.0  # consecutive-frame camera change (pixels / frame size, quaternion)
     residual_smooth: NonNegative = 1.0  # consecutive-frame change of the residual
+    # articulated predictor only (adapt/pose_space.py): priors and smoothness in pose space
+    pose_prior: NonNegative = 0.01  # squared Mahalanobis distance per dimension to the avian pose prior
+    bone_prior: NonNegative = 0.01  # the same for the bone-length factors
+    rotation_smooth: NonNegative = 1.0  # consecutive-frame change of every joint rotation (squared Frobenius)
+    fold: NonNegative = 10.0  # adjacent faces folding beyond the rest bird's (relu(cos_rest - cos))
+    consistency: NonNegative = 10.0  # per-frame bones / residual vs the video's shared ones
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,7 @@ class OptimConfig:
     batch_size: Count = 8  # frames per step (a contiguous window)
     lr: Positive = 5e-5  # Adam learning rate of the adapted weights
     layers: str = "all"  # which predictor weights adapt: all | heads | encoder (prefix list, comma separated)
-    render_size: Count = 64  # side of the soft renders compared with the propagated labels
+    render_size: RenderSide = 64  # side of the soft renders compared with the propagated labels
     sigma: Positive = 1e-4  # SoftRas coverage sharpness (NDC^2)
     gamma: Positive = 1e-4  # SoftRas depth temperature
     base_momentum: Fraction = 0.9  # running average of the shared base shape (per step)
@@ -74,13 +80,19 @@ class OptimConfig:
     # + one offset shared by the video; birds_dev adapted IoU 0.712 -> 0.767 with the step-15500 predictor
     refine_iterations: NonNegativeInt = 600  # steps over windows of batch_size frames (0 = off)
     refine_lr: Positive = 3e-3  # Adam learning rate of the offsets (canonical units) and camera corrections
-    refine_render_size: Count = 64  # side of the soft renders during the refinement
+    refine_render_size: RenderSide = 64  # side of the soft renders during the refinement
+    viewpoint_switch_cost: NonNegative = 2.0  # articulated: cost of one radian of camera rotation between frames
+    # when one camera-hypothesis track is chosen for the video (adapt/viewpoint.py)
 
 
 @dataclass(frozen=True)
 class ExportConfig:
+    # animation.glb of an articulated predictor: "rig" = skinned on the 25-joint skeleton, world-frame OBJs and
+    # pose.json (adapt/export_articulated.py); "morph" = one morph target per frame with canonical OBJs (the
+    # free-form predictor always writes morph)
+    animation: Literal["rig", "morph"] = "rig"
     overlay: bool = True  # write overlay.mp4
-    overlay_max_side: Count = 640  # longer side of each half of overlay.mp4 (frames are shrunk to fit)
+    overlay_max_side: FrameSide = 640  # longer side of each half of overlay.mp4 (frames are shrunk to fit)
 
 
 @dataclass(frozen=True)

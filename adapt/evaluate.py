@@ -261,7 +261,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     sequences = list_sequences(args.davis, args.list, args.synthetic)
     out = Path(args.out)
-    with atomic_output_dir(out, args.overwrite) as tmp, tempfile.TemporaryDirectory(prefix="adapt-eval-") as scratch:
+    inputs = {"--davis": args.davis, "--synthetic": args.synthetic, "--cache": args.cache}  # not to be replaced
+    with atomic_output_dir(out, args.overwrite, inputs) as tmp, \
+            tempfile.TemporaryDirectory(prefix="adapt-eval-") as scratch:
         pipeline_args = pipeline_arguments(args) + ["--cache", args.cache or scratch]
         results = [evaluate_sequence(seq, tmp / "runs" / seq.name, pipeline_args, args.distances, args.points)
                    for seq in sequences]

@@ -1,6 +1,7 @@
 """The per-video state (crops, video-level UV maps) and the adaptation loop that fine-tunes the predictor."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -62,9 +63,8 @@ def predict_frames(model: MeshPredictor, images: Tensor, batch_size: int = 16, p
     preds = [model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
     first = preds[0]
     cat = {name: None if getattr(first, name) is None else torch.cat([getattr(p, name) for p in preds])
-           for name in Prediction.BATCHED}
-    pred = Prediction(**cat, vert2kp=first.vert2kp, mean_verts=first.mean_verts, faces=first.faces,
-                      face_uvs=first.face_uvs)
+           for name in first.BATCHED}
+    pred = dataclasses.replace(first, **cat)
     return pred if pool_keep is None else pool_alignment(pred, pool_keep)
 
 
@@ -90,7 +90,9 @@ def select_parameters(model: MeshPredictor, layers: str) -> list[torch.nn.Parame
     prefixes."""
     if layers == "all":
         return list(model.parameters())
-    prefixes = ("shape_head", "camera_head", "flow_head", "align_head") if layers == "heads" else tuple(
+    heads = ("shape_head", "camera_head", "flow_head", "align_head", "pose_head", "bone_head", "residual_head",
+             "mean_residual")
+    prefixes = heads if layers == "heads" else tuple(
         p.strip() for p in layers.split(",") if p.strip())
     chosen = [p for name, p in model.named_parameters() if name.startswith(prefixes)]
     if not chosen:
@@ -102,9 +104,11 @@ def _resize(x: Tensor, size: int) -> Tensor:
     return x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="area")
 
 
-def adaptation_losses(pred: Prediction, crops: VideoCrops, frames: Tensor, maps: VideoMaps, renderer: SoftRenderer,
-                      laplacian: Tensor, weights: LossWeights) -> tuple[Tensor, dict]:
-    """All adaptation terms for a window of consecutive frames ``frames`` (B,) with predictions ``pred``."""
+def image_terms(pred: Prediction, crops: VideoCrops, frames: Tensor, maps: VideoMaps, renderer: SoftRenderer
+                ) -> tuple[dict, Tensor]:
+    """The terms comparing renders with the video, for a window of consecutive frames ``frames`` (B,): parts,
+    silhouette, coverage, texture, and the cameras' smoothness. Shared by the free-form and the articulated
+    adaptation. Returns (terms, the projected vertices (B, V, 3))."""
     B, size = len(frames), renderer.height
     verts_ndc = weak_perspective_project(pred.verts, pred.cams)
     texture = torch.cat([maps.parts, maps.texture])[None].expand(B, -1, -1, -1)
@@ -120,13 +124,26 @@ def adaptation_losses(pred: Prediction, crops: VideoCrops, frames: Tensor, maps:
         terms["silhouette"] = silhouette_loss(sil_r[valid], mask_o[valid])
         terms["coverage"] = coverage_loss(verts_ndc[valid], mask_o[valid], sil_r[valid])
         terms["texture"] = masked_l1(rgb_r[valid], image_o[valid], mask_o[valid])
-    terms["arap"], terms["laplacian"] = base_shape_loss(pred.verts, maps.base, pred.faces, laplacian)
     cams_px = crop_cameras_to_pixels(pred.cams, crops.boxes[frames])
     scale = cams_px.new_tensor([max(crops.frame_hw), crops.frame_hw[1], crops.frame_hw[0]])
     terms["camera_smooth"] = temporal_smoothness(cams_px[:, :3] / scale) + quaternion_smoothness(cams_px[:, 3:])
-    terms["residual_smooth"] = temporal_smoothness(pred.verts - maps.base)
+    return terms, verts_ndc
+
+
+def weigh(terms: dict, weights) -> tuple[Tensor, dict]:
+    """(sum of weight x term, the terms as floats) for terms named as fields of ``weights``."""
     loss = sum(getattr(weights, name) * value for name, value in terms.items())
     return loss, {name: float(value.detach()) for name, value in terms.items()}
+
+
+def adaptation_losses(pred: Prediction, crops: VideoCrops, frames: Tensor, maps: VideoMaps, renderer: SoftRenderer,
+                      laplacian: Tensor, weights: LossWeights) -> tuple[Tensor, dict]:
+    """All free-form adaptation terms for a window of consecutive frames ``frames`` (B,) with predictions ``pred``:
+    ``image_terms`` plus the base-shape terms (ARAP to the shared base, Laplacian and smoothness of the residual)."""
+    terms, _ = image_terms(pred, crops, frames, maps, renderer)
+    terms["arap"], terms["laplacian"] = base_shape_loss(pred.verts, maps.base, pred.faces, laplacian)
+    terms["residual_smooth"] = temporal_smoothness(pred.verts - maps.base)
+    return weigh(terms, weights)
 
 
 def frame_windows(num_frames: int, batch_size: int, seed: int) -> Iterator[np.ndarray]:
@@ -148,18 +165,26 @@ def frame_windows(num_frames: int, batch_size: int, seed: int) -> Iterator[np.nd
 
 
 def adapt_predictor(model: MeshPredictor, crops: VideoCrops, maps: VideoMaps, cfg: OptimConfig,
-                    weights: LossWeights, seed: int = 0, pool_align: bool = True) -> list[dict]:
+                    weights: LossWeights, seed: int = 0, pool_align: bool = True, track: Tensor | None = None,
+                    reference=None) -> list[dict]:
     """Fine-tune the predictor on one video; returns the loss history (one dict per step).
 
     Each step takes a window of up to ``batch_size`` consecutive frames (``frame_windows``). The model stays in
     eval mode (BatchNorm keeps its training statistics: a window of one video is not a representative batch).
     The shared base shape follows the predicted shapes as a running average. ``pool_align``: the alignment
     head's moves are averaged over each window's valid frames (``pool_alignment``), as over the whole video after.
+    An articulated predictor (``mesh_recon.articulated``) renders with the cameras of the video's viewpoint ``track``
+    ((T,) hypothesis per frame) and is held by ``pose_space.articulated_terms`` around ``reference`` (the video's
+    shared bones and residual, a ``pose_space.ShapeReference``, following the predictions as a running average)
+    instead of the free-form base-shape terms.
     """
+    from .pose_space import articulated_terms, with_track
+
     params = select_parameters(model, cfg.layers)
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     renderer = SoftRenderer(SoftRenderSettings(image_size=cfg.render_size, sigma=cfg.sigma, gamma=cfg.gamma))
-    laplacian = uniform_laplacian(model.faces, len(maps.base)).to(device=maps.base.device, dtype=maps.base.dtype)
+    laplacian = None if track is not None else uniform_laplacian(model.faces, len(maps.base)).to(
+        device=maps.base.device, dtype=maps.base.dtype)
     windows = frame_windows(len(crops.images), cfg.batch_size, seed)
     base = maps.base.clone()
     history = []
@@ -169,15 +194,27 @@ def adapt_predictor(model: MeshPredictor, crops: VideoCrops, maps: VideoMaps, cf
         tic = time.time()
         frames = torch.from_numpy(next(windows)).to(crops.images.device)
         pred = model(crops.images[frames])
-        if pool_align:
-            pred = pool_alignment(pred, crops.valid[frames])
-        loss, stats = adaptation_losses(pred, crops, frames, VideoMaps(maps.parts, maps.texture, base), renderer,
-                                        laplacian, weights)
+        if track is not None:
+            pred = with_track(pred, track[frames])
+            terms, _ = image_terms(pred, crops, frames, maps, renderer)
+            terms.update(articulated_terms(pred, model.template, reference))
+            loss, stats = weigh(terms, weights)
+        else:
+            if pool_align:
+                pred = pool_alignment(pred, crops.valid[frames])
+            loss, stats = adaptation_losses(pred, crops, frames, VideoMaps(maps.parts, maps.texture, base), renderer,
+                                            laplacian, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         with torch.no_grad():
-            base = cfg.base_momentum * base + (1 - cfg.base_momentum) * pred.verts.detach().mean(0)
+            m = cfg.base_momentum
+            base = m * base + (1 - m) * pred.verts.detach().mean(0)
+            if track is not None:
+                reference = dataclasses.replace(
+                    reference, bone_scale=(m * reference.bone_scale.log()
+                                           + (1 - m) * pred.bone_scale.detach().log().mean(0)).exp(),
+                    residual=m * reference.residual + (1 - m) * pred.residual.detach().mean(0))
         stats.update(step=step, loss=float(loss.detach()), seconds=time.time() - tic)
         history.append(stats)
         bar.set_postfix(loss=f"{stats['loss']:.4f}", sil=f"{stats.get('silhouette', 0):.4f}",

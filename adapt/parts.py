@@ -28,14 +28,17 @@ def random_parts(frame: np.ndarray, mask: np.ndarray, num_parts: int, seed: int,
     ys, xs = np.nonzero(mask)
     if len(ys) == 0:
         raise ValueError("mask: expected at least one object pixel, got an empty mask")
-    k = int(min(num_parts, len(ys)))
+    labels = np.zeros(mask.shape, np.int64)
+    if len(ys) <= num_parts:  # a part per pixel (OpenCV would read a single pixel's row as several samples)
+        labels[ys, xs] = np.arange(1, len(ys) + 1)
+        return labels
+    k = int(num_parts)
     scale = max(np.ptp(ys), np.ptp(xs), 1)
     lab = cv2.cvtColor(frame, cv2.COLOR_RGB2LAB)[ys, xs].astype(np.float32) / 255.0
     features = np.concatenate([np.stack([xs, ys], 1) / scale, color_weight * lab], 1).astype(np.float32)
     cv2.setRNGSeed(seed)
     criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 30, 1e-4)
     _, assignment, _ = cv2.kmeans(features, k, None, criteria, 3, cv2.KMEANS_PP_CENTERS)
-    labels = np.zeros(mask.shape, np.int64)
     labels[ys, xs] = assignment[:, 0] + 1
     return labels
 

@@ -13,6 +13,8 @@ The pipeline, top-down (each stage a function; Li et al., NeurIPS 2020):
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -21,19 +23,32 @@ import torch
 
 from birdmesh.config import add_config_arguments, config_to_dict, format_config, load_config, save_config
 from birdmesh.errors import UserError, cli_entry
-from birdmesh.outdir import atomic_output_dir
+from birdmesh.masks import mask_warning
+from birdmesh.outdir import atomic_output_dir, check_folder
 from birdmesh.runtime import resolve_device, seed_everything
+from mesh_recon.articulated import ArticulatedPredictor
 from mesh_recon.checkpoint import load_predictor
 
 from .config import AdaptConfig
 from .export import PixelCamera, camera_entry, camera_to_pixels, export_sequence
-from .inputs import DEMO_MASK, DEMO_VIDEO, grabcut, parse_box, read_mask, read_video, resize_mask
+from .export_articulated import export_rigged
+from .inputs import (DEMO_MASK, DEMO_VIDEO, box_mask, box_numbers, parse_box, read_mask, read_video, resize_mask,
+                     scale_box)
 from .optimize import adapt_predictor, predict_frames, video_maps
 from .outputs import project_to_ndc, write_masks, write_overlay, write_parts, write_report
 from .refine import refine_frames
+from .pose_space import refine_pose_space, shape_reference, video_viewpoint, with_track
 from .stages import cached_propagate_and_crop, first_frame_labels, guess_first_mask
+from .viewpoint import viewpoint_report
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "adapt.yaml"
+
+
+def warn(warnings: list[str], text: str | None) -> None:
+    """Keep a warning for the report and print it as one line on stderr (nothing for None)."""
+    if text:
+        warnings.append(text)
+        print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
 def first_frame_mask(video, args, model, cfg: AdaptConfig, warnings: list[str]) -> np.ndarray:
@@ -41,18 +56,23 @@ def first_frame_mask(video, args, model, cfg: AdaptConfig, warnings: list[str]) 
     frame = video.frames[0]
     size = (frame.shape[1], frame.shape[0])
     if args.mask:
-        return resize_mask(read_mask(args.mask, video.original_size, args.resize_mask), size)
+        given = read_mask(args.mask, video.original_size, args.resize_mask)
+        warn(warnings, mask_warning(given, args.mask))
+        mask = resize_mask(given, size)
+        if not mask.any():
+            raise UserError(f"{args.mask}: no object pixel is left at the processing size {size[0]}x{size[1]} "
+                            f"(a larger input.max_side keeps it)")
+        return mask
     if args.box:
-        x0, y0, x1, y1 = parse_box(args.box, video.original_size)
-        r = frame.shape[1] / video.original_size[0]
-        box = (int(x0 * r), int(y0 * r), max(int(x1 * r), int(x0 * r) + 2), max(int(y1 * r), int(y0 * r) + 2))
-        mask = grabcut(frame, box=box, iterations=cfg.input.grabcut_iterations)
+        box = scale_box(parse_box(args.box, video.original_size), size[0] / video.original_size[0], size)
+        mask, note = box_mask(frame, box, cfg.input.grabcut_iterations)
+        warn(warnings, note)
     else:
-        warnings.append("no --mask or --box: the first-frame mask was guessed (predictor silhouette + GrabCut)")
-        print(f"warning: {warnings[-1]}", flush=True)
+        warn(warnings, "no --mask or --box: the first-frame mask was guessed (predictor silhouette + GrabCut)")
         mask = guess_first_mask(frame, model, cfg.input.grabcut_iterations)
     if not mask.any():
         raise UserError("the first-frame mask came out empty: pass --mask or a tighter --box")
+    warn(warnings, mask_warning(mask, "--box" if args.box else "the guessed first-frame mask"))
     return mask
 
 
@@ -77,23 +97,36 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
                                                             predictor_cfg.model.image_size, device)
     vanished = [int(t) for t in torch.nonzero(~crops.valid).flatten()]
     if vanished:
-        warnings.append(f"the object vanished in {len(vanished)} frames (not adapted on): {vanished[:20]}")
-        print(f"warning: {warnings[-1]}", flush=True)
+        warn(warnings, f"the object vanished in {len(vanished)} frames (not adapted on): {vanished[:20]}")
     lap("propagate")
-    # 2-3. Per-frame predictions, video-level UV maps.
-    pool = cfg.predictor.align_pooling == "video" and not args.no_adapt
+    # 2-3. Per-frame predictions (an articulated predictor: on one viewpoint track), video-level UV maps.
+    articulated = isinstance(predictor, ArticulatedPredictor)
+    pool = cfg.predictor.align_pooling == "video" and not args.no_adapt and not articulated
     pool_keep = crops.valid if pool else None  # frames whose alignment moves the video shares
     pred = predict_frames(predictor, crops.images, pool_keep=pool_keep)
+    viewpoint = None
+    if articulated:
+        viewpoint = video_viewpoint(pred, crops, switch_cost=cfg.optim.viewpoint_switch_cost)
+        pred = with_track(pred, viewpoint.track)
     maps = video_maps(pred, crops)
     lap("predict")
     # 4. Online adaptation.
-    history = [] if args.no_adapt else adapt_predictor(predictor, crops, maps, cfg.optim, cfg.loss, cfg.seed, pool)
+    history = [] if args.no_adapt else adapt_predictor(
+        predictor, crops, maps, cfg.optim, cfg.loss, cfg.seed, pool, track=viewpoint and viewpoint.track,
+        reference=shape_reference(pred, predictor.template, crops.valid) if articulated else None)
     lap("adapt")
     # 4b. The adapted predictions, then per-frame refinement (pooled maps and base shape from the adapted model).
     final, refine_history = maps, []
     if not args.no_adapt:  # the frame-wise baseline keeps the predictions and maps of steps 2-3
         pred = predict_frames(predictor, crops.images, pool_keep=pool_keep)
+        if articulated:
+            viewpoint = video_viewpoint(pred, crops, switch_cost=cfg.optim.viewpoint_switch_cost)
+            pred = with_track(pred, viewpoint.track)
         final = video_maps(pred, crops)
+    if articulated:  # the video shares one skeleton and base shape, adapted or not
+        optim = cfg.optim if not args.no_adapt else dataclasses.replace(cfg.optim, refine_iterations=0)
+        pred, refine_history = refine_pose_space(pred, crops, final, predictor.template, optim, cfg.loss, cfg.seed)
+    elif not args.no_adapt:
         pred, refine_history = refine_frames(pred, crops, final, predictor.template.sym, cfg.optim, cfg.loss,
                                              cfg.seed)
     lap("refine")
@@ -102,8 +135,12 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     rotation, scale, translation = camera_to_pixels(pred.cams, crops.boxes, video.original_size, processed_wh)
     texture = (final.texture.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
     cameras = [camera_entry(PixelCamera(r, s, t)) for r, s, t in zip(rotation, scale, translation)]
-    export_sequence(out, pred.verts.cpu(), pred.faces.cpu(), pred.face_uvs.cpu(), texture, video.fps, cameras,
-                    video.original_size)
+    if articulated and cfg.export.animation == "rig":
+        export_rigged(out, pred, predictor.template, texture, video.fps, PixelCamera(rotation, scale, translation),
+                      cameras, video.original_size)
+    else:
+        export_sequence(out, pred.verts.cpu(), pred.faces.cpu(), pred.face_uvs.cpu(), texture, video.fps, cameras,
+                        video.original_size)
     verts_ndc = project_to_ndc(pred.verts, rotation, scale, translation, video.original_size)
     write_masks(out / "masks", verts_ndc, pred.faces, video.original_size)
     write_parts(out / "parts", part_indices, video.original_size)
@@ -115,7 +152,7 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     report = {"input": str(args.input), "frames": len(video.frames), "fps": video.fps,
               "adapted": not args.no_adapt, "settings": config_to_dict(cfg), "timings_s": timings,
               "losses": history, "refine_losses": refine_history, "warnings": warnings, "vanished_frames": vanished,
-              "propagation_reused": reused}
+              "propagation_reused": reused, "viewpoint": viewpoint_report(viewpoint)}
     write_report(out / "report.json", report)
     return report
 
@@ -151,8 +188,16 @@ def main(argv: list[str] | None = None) -> None:
     print(format_config(cfg), flush=True)
     if not Path(args.input).exists():
         raise UserError(f"{args.input}: no such file or folder")
-    out = Path(args.out or Path("out") / Path(args.input).stem)
-    with atomic_output_dir(out, args.overwrite) as tmp:
+    if args.box:
+        box_numbers(args.box)
+    if args.cache:
+        check_folder(args.cache, f"--cache {args.cache}")
+    # what the output folder must not hold (--overwrite would delete it); atomic_output_dir checks before any work
+    inputs = {"the input": args.input, "--mask": args.mask, "--cache": args.cache,
+              "predictor.checkpoint": cfg.predictor.checkpoint,
+              "correspondence.checkpoint": cfg.correspondence.checkpoint}
+    out = args.out or str(Path("out") / Path(args.input).stem)
+    with atomic_output_dir(out, args.overwrite, inputs) as tmp:
         save_config(cfg, tmp)
         report = run(args, cfg, tmp)
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in report["timings_s"].items())

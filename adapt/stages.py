@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -56,7 +58,10 @@ def guess_first_mask(frame: np.ndarray, model: MeshPredictor, iterations: int) -
     prior = prior[0, 0].cpu().numpy() > 0.5
     if not prior.any():
         raise UserError("could not guess where the bird is in the first frame: pass --mask or --box")
-    return grabcut(frame, prior=prior, iterations=iterations)
+    try:
+        return grabcut(frame, prior=prior, iterations=iterations)
+    except cv2.error:  # e.g. a silhouette over the whole frame leaves GrabCut no background colours to model
+        return prior
 
 
 def first_frame_labels(frame: np.ndarray, mask: np.ndarray, cfg: AdaptConfig) -> Tensor:
@@ -115,6 +120,40 @@ def propagation_key(video: VideoInput, labels0: Tensor, cfg: AdaptConfig, crop_s
     return digest.hexdigest()[:32]
 
 
+def cache_entry_to_crops(entry: dict, key: str, frames: int, channels: int, crop_size: int,
+                         device) -> tuple[VideoCrops, np.ndarray]:
+    """A cache file's content -> (VideoCrops, part indices (T, H, W)), checked against what this run expects.
+
+    Args:
+        entry: ``read_checkpoint``'s dict; key: ``propagation_key``; frames: T; channels: K + 1 labels;
+        crop_size: the predictor's S.
+    Raises:
+        ValueError: naming what is missing or mis-shaped (an older or damaged file: recompute, do not crash).
+    """
+    config, saved = entry.get("config"), entry.get("state_dict")
+    if not isinstance(config, dict) or config.get("propagation_key") != key:
+        raise ValueError("another propagation key")
+    if not isinstance(saved, dict):
+        raise ValueError("no tensors")
+    try:
+        H, W = (int(v) for v in config["frame_hw"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("no frame size") from None
+    S = crop_size
+    expected = {"images": (frames, 3, S, S), "masks": (frames, 1, S, S), "parts": (frames, channels, S, S),
+                "boxes": (frames, 4), "valid": (frames,), "part_indices": (frames, H, W)}
+    for name, shape in expected.items():
+        value = saved.get(name)
+        if not torch.is_tensor(value):
+            raise ValueError(f"'{name}' missing")
+        if tuple(value.shape) != shape:
+            raise ValueError(f"'{name}' has shape {tuple(value.shape)}, expected {shape}")
+    tensors = {name: saved[name].to(device) for name in expected}
+    crops = VideoCrops(tensors["images"], tensors["masks"], tensors["parts"], tensors["boxes"],
+                       tensors["valid"].bool(), (H, W))
+    return crops, tensors["part_indices"].cpu().numpy()
+
+
 def cached_propagate_and_crop(cache_dir: str | Path | None, video: VideoInput, labels0: Tensor, cfg: AdaptConfig,
                               crop_size: int, device) -> tuple[VideoCrops, np.ndarray, bool]:
     """``propagate_and_crop`` with the correspondence model of the config, reusing ``cache_dir`` when given;
@@ -122,8 +161,8 @@ def cached_propagate_and_crop(cache_dir: str | Path | None, video: VideoInput, l
 
     Propagation dominates a run and does not depend on the adaptation settings, so comparing adapted with
     frame-wise runs, or sweeping adaptation settings, need not repeat it. Entries are keyed by
-    ``propagation_key``; a stale or unreadable file is simply recomputed (``birdmesh.checkpoint``: atomic writes,
-    ``weights_only`` loads).
+    ``propagation_key``; an unreadable, stale or inconsistent file is recomputed and replaced, with one warning on
+    stderr (``birdmesh.checkpoint``: atomic writes, ``weights_only`` loads).
     """
     if cache_dir is None:
         return (*propagate_and_crop(video, labels0, propagation_model(cfg, device), cfg, crop_size, device), False)
@@ -131,16 +170,15 @@ def cached_propagate_and_crop(cache_dir: str | Path | None, video: VideoInput, l
     path = Path(cache_dir) / f"propagation-{key}.pt"
     if path.is_file():
         try:
-            entry = read_checkpoint(path)
-        except UserError as err:
-            print(f"warning: {err}; recomputing the propagation", flush=True)
+            crops, indices = cache_entry_to_crops(read_checkpoint(path), key, len(video.frames), labels0.shape[0],
+                                                  crop_size, device)
+        except (UserError, ValueError) as err:
+            reason = str(err).removeprefix(f"{path}: ")
+            print(f"warning: {path}: cache entry unusable ({reason}); recomputing the propagation", file=sys.stderr,
+                  flush=True)
         else:
-            if entry["config"].get("propagation_key") == key:
-                saved = {name: value.to(device) for name, value in entry["state_dict"].items()}
-                crops = VideoCrops(saved["images"], saved["masks"], saved["parts"], saved["boxes"], saved["valid"],
-                                   tuple(entry["config"]["frame_hw"]))
-                print(f"propagation reused from {path}", flush=True)
-                return crops, saved["part_indices"].cpu().numpy(), True
+            print(f"propagation reused from {path}", flush=True)
+            return crops, indices, True
     crops, indices = propagate_and_crop(video, labels0, propagation_model(cfg, device), cfg, crop_size, device)
     tensors = {"images": crops.images, "masks": crops.masks, "parts": crops.parts, "boxes": crops.boxes,
                "valid": crops.valid, "part_indices": torch.from_numpy(indices)}

@@ -38,6 +38,7 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def half_precision(state_dict: dict) -> dict:
-    """fp16 copy of a state dict's floating tensors (for shipped weights); other entries unchanged."""
-    return {k: (v.half() if v.is_floating_point() else v) for k, v in state_dict.items()}
+def half_precision(state_dict: dict, keep: tuple[str, ...] = ()) -> dict:
+    """fp16 copy of a state dict's floating tensors (for shipped weights); other entries, and those whose names
+    start with a prefix in ``keep``, unchanged."""
+    return {k: (v.half() if v.is_floating_point() and not k.startswith(keep) else v) for k, v in state_dict.items()}

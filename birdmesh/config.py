@@ -3,10 +3,14 @@
 Every job defines its config as nested frozen dataclasses with documented defaults. ``load_config`` starts from
 those defaults, merges the YAML file, then the command-line overrides; an unknown key, a value of the wrong type or
 out of its range (``Annotated[int, Bounds(...)]``, e.g. ``Count``) is a ``UserError`` naming the key and the file.
+Floats must be finite: NaN never passes, infinity only where a field's ``Bounds(allow_inf=True)`` says so (a NaN
+learning rate or loss weight passes every range check and ruins a run only later).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -30,6 +34,7 @@ class Bounds:
     low: float | None = None
     high: float | None = None
     low_open: bool = False  # True: ``low`` itself is excluded
+    allow_inf: bool = False  # True: +-inf is a valid value of the field (meaning documented beside it)
 
     def check(self, value: float, key: str, source: str) -> None:
         too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
@@ -44,6 +49,10 @@ NonNegativeInt = Annotated[int, Bounds(low=0)]  # counts where 0 means "none" or
 Positive = Annotated[float, Bounds(low=0, low_open=True)]  # learning rates, temperatures, scales
 NonNegative = Annotated[float, Bounds(low=0)]  # loss weights, margins
 Fraction = Annotated[float, Bounds(low=0, high=1)]
+# Frame sizes the pipeline works on: propagation matches on a 4- or 8-pixel grid and needs some cells across
+# (at 16 px a small bird already vanishes from the propagation); the predictor's crops are resampled from the frame.
+FrameSide = Annotated[int, Bounds(low=64)]
+RenderSide = Annotated[int, Bounds(low=8)]  # sides of soft renders compared with labels (a few pixels per part)
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -56,18 +65,18 @@ def _type_name(tp: Any) -> str:
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+def _coerce(value: Any, tp: Any, key: str, source: str, allow_inf: bool = False) -> Any:
     """Check ``value`` against the annotation ``tp``; ints and numeric strings are accepted where floats are
-    expected."""
+    expected, and floats must be finite (``allow_inf``: infinities pass, NaN never)."""
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
     if origin is Annotated:
         base, *extras = typing.get_args(tp)
-        value = _coerce(value, base, key, source)
-        for bounds in extras:
-            if isinstance(bounds, Bounds):
-                bounds.check(value, key, source)
+        bounds = [b for b in extras if isinstance(b, Bounds)]
+        value = _coerce(value, base, key, source, allow_inf=any(b.allow_inf for b in bounds))
+        for b in bounds:
+            b.check(value, key, source)
         return value
     if origin is typing.Literal:
         if value not in typing.get_args(tp):
@@ -104,18 +113,26 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if not isinstance(value, dict):
             raise UserError(f"{source}: key '{key}' is a section, got {value!r}")
         return _build(tp, value, key + ".", source)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        # YAML 1.1 reads exponents without a dot (1e-3, 5E4) as strings; users write them for learning rates
-        try:
-            return float(value)
-        except ValueError:
-            pass
+    if tp is float:
+        return _finite_float(value, key, source, allow_inf)
     if tp is bool and not isinstance(value, bool):
         raise UserError(f"{source}: key '{key}' expects true/false, got {value!r}")
     if tp in (int, float, str) and (not isinstance(value, tp) or isinstance(value, bool)):
         raise UserError(f"{source}: key '{key}' expects {tp.__name__}, got {value!r}")
+    return value
+
+
+def _finite_float(value: Any, key: str, source: str, allow_inf: bool) -> float:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    elif isinstance(value, str):
+        # YAML 1.1 reads exponents without a dot (1e-3, 5E4) as strings; users write them for learning rates
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    if not isinstance(value, float):
+        raise UserError(f"{source}: key '{key}' expects float, got {value!r}")
+    if math.isnan(value) or (math.isinf(value) and not allow_inf):
+        raise OutOfRange(f"{source}: key '{key}' must be a finite number, got {value!r}")
     return value
 
 

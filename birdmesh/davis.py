@@ -82,19 +82,25 @@ def sequence_annotations(root: str | Path, seq: str, resolution: str = "480p") -
     return _sequence_files(Path(root) / "Annotations" / resolution / seq, "*.png", "annotations")
 
 
-def _colors_to_indices(path: Path, rgb: np.ndarray) -> np.ndarray:
+def colors_to_indices(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) uint8 colours -> (H, W) uint8 indices into ``DAVIS_PALETTE`` and (H, W) bool "colour not in the
+    palette" (those pixels' indices are meaningless)."""
     codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
     palette_codes = ((DAVIS_PALETTE[:, 0].astype(np.int64) << 16)
                      | (DAVIS_PALETTE[:, 1].astype(np.int64) << 8) | DAVIS_PALETTE[:, 2])
     order = np.argsort(palette_codes)
     position = np.clip(np.searchsorted(palette_codes[order], codes), 0, len(order) - 1)
     labels = order[position]
-    unknown = palette_codes[labels] != codes
+    return labels.astype(np.uint8), palette_codes[labels] != codes
+
+
+def _colors_to_indices(path: Path, rgb: np.ndarray) -> np.ndarray:
+    labels, unknown = colors_to_indices(rgb)
     if unknown.any():
         y, x = np.argwhere(unknown)[0]
         raise UserError(f"{path}: colour {tuple(int(c) for c in rgb[y, x])} at (x={x}, y={y}) is not "
                         f"in the DAVIS palette")
-    return labels.astype(np.uint8)
+    return labels
 
 
 def _gray_to_indices(gray: np.ndarray) -> np.ndarray:
@@ -110,7 +116,8 @@ def read_annotation(path: str | Path) -> np.ndarray:
 
     Palette PNGs give their palette indices; 0/255 binary masks give 0/1; other grayscale PNGs
     are taken as indices; RGB(A) PNGs are mapped back through ``DAVIS_PALETTE`` (an unknown colour is
-    an error), except RGB images with R = G = B, which are read as grayscale.
+    an error), except RGB images with R = G = B, which are read as grayscale. This is the benchmark's reading of
+    its own files; a user's first-frame mask (possibly soft or JPEG-saved) goes through ``birdmesh.masks``.
     """
     path = Path(path)
     try:

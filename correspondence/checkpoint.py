@@ -7,6 +7,7 @@ import torch
 
 from birdmesh.checkpoint import half_precision, read_checkpoint, save_checkpoint
 from birdmesh.config import config_from_dict, config_to_dict
+from birdmesh.errors import UserError
 
 from .config import UVCConfig
 from .model import UVC
@@ -20,7 +21,18 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     ckpt = read_checkpoint(path)
     cfg = config_from_dict(UVCConfig, ckpt["config"], str(path))
     model = UVC(cfg.model)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
+    problem = None
+    try:
+        fit = model.load_state_dict({k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v
+                                     for k, v in ckpt["state_dict"].items()}, strict=False)
+    except (RuntimeError, TypeError, AttributeError) as err:  # shapes, non-tensors, not a dict
+        problem = " ".join(str(err).split())  # torch's message spans lines: the details come after the first
+        problem = problem if len(problem) <= 200 else problem[:197] + "..."
+    else:
+        problem = "; ".join(f"{len(keys)} {what} keys (e.g. {keys[0]})" for what, keys in
+                            (("missing", fit.missing_keys), ("unexpected", fit.unexpected_keys)) if keys) or None
+    if problem:
+        raise UserError(f"{path}: weights do not fit the correspondence model of its config ({problem})")
     return model.to(device).eval(), cfg
 
 

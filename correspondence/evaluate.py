@@ -13,11 +13,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from birdmesh.config import add_config_arguments, format_config, load_config, save_config
 from birdmesh.davis import load_sequence, read_annotation, read_sequence_list, write_annotation
-from birdmesh.errors import cli_entry
+from birdmesh.errors import UserError, cli_entry
 from birdmesh.metrics import evaluate_semi_supervised, summarize
 from birdmesh.outdir import atomic_output_dir
 from birdmesh.runtime import resolve_device
@@ -56,13 +57,32 @@ def _first_labels(seq) -> np.ndarray:
     return np.where(first == 255, 0, first)
 
 
+def check_sizes(seq) -> None:
+    """UserError unless the sequence's first frame and first annotation have one size (W, H): predictions are
+    made at the annotation's size, so another frame size would be scored silently against misplaced masks."""
+    sizes = []
+    for path in (seq.frames[0], seq.annotations[0]):
+        try:
+            with Image.open(path) as image:
+                sizes.append(image.size)
+        except (OSError, SyntaxError, ValueError) as err:
+            raise UserError(f"{path}: not a readable image ({err})") from None
+    (fw, fh), (aw, ah) = sizes
+    if (fw, fh) != (aw, ah):
+        raise UserError(f"sequence {seq.name}: annotations are {aw}x{ah} but the frames are {fw}x{fh} "
+                        f"({seq.annotations[0].name} vs {seq.frames[0].name})")
+
+
 def evaluate(davis_root: str, list_file: str, out: Path, method: str, checkpoint: str | None,
              cfg: PropagationConfig, device: str = "auto") -> tuple[float, float, float]:
     """Run the benchmark into ``out`` (an existing, empty folder); return global (J&F, J, F)."""
+    sequences = [load_sequence(davis_root, name) for name in read_sequence_list(davis_root, list_file)]
+    for seq in sequences:  # every sequence before any work
+        check_sizes(seq)
     model = None if method == "copy" else build_model(method, checkpoint, resolve_device(device), cfg.pixel_stride)
     rows, per_seq = [], []
-    for name in read_sequence_list(davis_root, list_file):
-        seq = load_sequence(davis_root, name)
+    for seq in sequences:
+        name = seq.name
         tic = time.time()
         pred = predict_sequence(seq, model, method, cfg)
         seconds = time.time() - tic
@@ -103,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_config(UVCConfig, args.config, args.overrides).propagation
     print(format_config(cfg), flush=True)
-    with atomic_output_dir(args.out, args.overwrite) as out:
+    inputs = {"--davis": args.davis, "--checkpoint": args.checkpoint}
+    with atomic_output_dir(args.out, args.overwrite, inputs) as out:
         save_config(cfg, out)
         jf, j, f = evaluate(args.davis, args.list, out, args.method, args.checkpoint, cfg, args.device)
     print(f"J&F={jf:.4f} J={j:.4f} F={f:.4f}")

@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-from pathlib import Path
+import sys
 from typing import Iterable, Iterator
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -24,9 +23,10 @@ from tqdm import tqdm
 
 from birdmesh.color import uint8_rgb_to_lab
 from birdmesh.config import format_config, load_config, save_config
-from birdmesh.davis import read_annotation, write_annotation
-from birdmesh.errors import UserError, cli_entry
-from birdmesh.outdir import atomic_output_dir
+from birdmesh.davis import write_annotation
+from birdmesh.errors import cli_entry
+from birdmesh.masks import load_first_mask, mask_warning
+from birdmesh.outdir import atomic_output_dir, check_output_dir
 from birdmesh.runtime import cpu_has_fast_bf16, resolve_device
 from birdmesh.video import open_frames
 
@@ -254,20 +254,6 @@ def propagate_labels(frames: Iterable[np.ndarray], labels0: torch.Tensor, model:
     return torch.stack(out)
 
 
-def load_first_mask(path: str, frame_size: tuple[int, int], resize: bool) -> np.ndarray:
-    """Read a first-frame mask (binary or DAVIS palette) and check it against the frames' (W, H)."""
-    mask = read_annotation(path)
-    mask = np.where(mask == 255, 0, mask)
-    if (mask.shape[1], mask.shape[0]) != tuple(frame_size):
-        if not resize:
-            raise UserError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but the frames are "
-                            f"{frame_size[0]}x{frame_size[1]} (pass --resize-mask to resize it)")
-        mask = cv2.resize(mask, tuple(frame_size), interpolation=cv2.INTER_NEAREST)
-    if mask.max() == 0:
-        raise UserError(f"{path}: mask is empty (no object pixels)")
-    return mask
-
-
 def build_model(method: str, checkpoint: str | None, device, pixel_stride: int = 8):
     """The feature model of a propagation method, ready for inference: ``learned`` (a checkpoint, batch norms
     folded into the convolutions) or ``pixels`` (raw Lab on a ``pixel_stride`` grid)."""
@@ -283,7 +269,8 @@ def build_model(method: str, checkpoint: str | None, device, pixel_stride: int =
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Propagate a first-frame mask through a video.")
     parser.add_argument("input", help="video file or frame folder")
-    parser.add_argument("--mask", required=True, help="first-frame mask PNG (0/255 or DAVIS palette indices)")
+    parser.add_argument("--mask", required=True, help="first-frame mask image (0/255, 0/1, soft grayscale or DAVIS "
+                        "palette indices)")
     parser.add_argument("--out", required=True, help="output folder for %%05d.png label images")
     parser.add_argument("--checkpoint", default=str(DEFAULT_WEIGHTS))
     parser.add_argument("--method", choices=["learned", "pixels"], default="learned")
@@ -295,12 +282,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_config(PropagationConfig, None, args.overrides)
     print(format_config(cfg), flush=True)
+    inputs = {"the input": args.input, "--mask": args.mask, "--checkpoint": args.checkpoint}
+    check_output_dir(args.out, args.overwrite, inputs)  # before any work (atomic_output_dir checks again)
     full = open_frames(args.input)
     mask = load_first_mask(args.mask, full.size, args.resize_mask)
+    note = mask_warning(mask > 0, args.mask)
+    if note:
+        print(f"warning: {note}", file=sys.stderr, flush=True)
     source = open_frames(args.input, max_side=cfg.max_side)
     model = build_model(args.method, args.checkpoint, resolve_device(args.device), cfg.pixel_stride)
     labels0 = index_to_soft(mask)
-    with atomic_output_dir(Path(args.out), args.overwrite) as out:
+    with atomic_output_dir(args.out, args.overwrite, inputs) as out:
         save_config(cfg, out)
         frames = (frame for _, frame in source)
         stream = iter_propagate(frames, labels0, model, cfg)

@@ -21,6 +21,8 @@ import torch
 from birdmesh.errors import UserError
 from birdmesh.runtime import data_root
 
+from .skinning import forward_kinematics, linear_blend_skinning
+
 KEYPOINT_NAMES = ("bill_tip", "left_eye", "right_eye", "neck", "nape", "left_wing_tip", "right_wing_tip",
                   "left_foot", "right_foot", "tail_tip", "left_wrist", "right_wrist")
 KEYPOINT_FLIP = (0, 2, 1, 3, 4, 6, 5, 8, 7, 9, 11, 10)
@@ -179,7 +181,7 @@ def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
 
 def pose_bird(model: BirdModel, body_pose: torch.Tensor, bone_scale: torch.Tensor | None = None,
               root_rotation: torch.Tensor | None = None, root_translation: torch.Tensor | None = None,
-              frame: str = "cub") -> PosedBird:
+              frame: str = "cub", rest_offsets: torch.Tensor | None = None) -> PosedBird:
     """Linear blend skinning of the template.
 
     Args:
@@ -188,6 +190,7 @@ def pose_bird(model: BirdModel, body_pose: torch.Tensor, bone_scale: torch.Tenso
         root_rotation: (B, 3, 3) rotation about the frame's origin applied last; None = identity.
         root_translation: (B, 3) added last; None = zero.
         frame: "cub" (canonical, see module docstring) or "model" (the file's frame).
+        rest_offsets: (B, V, 3) model-frame offsets of the rest vertices (a body shape) before skinning; None = 0.
     Returns:
         PosedBird in ``body_pose``'s dtype and device; pose zero, bones one gives the template exactly.
     """
@@ -195,27 +198,12 @@ def pose_bird(model: BirdModel, body_pose: torch.Tensor, bone_scale: torch.Tenso
         raise ValueError(f"body_pose: expected shape (B, 24, 3), got {tuple(body_pose.shape)}")
     if frame not in ("cub", "model"):
         raise ValueError(f"frame: expected 'cub' or 'model', got {frame!r}")
-    B, dtype, device = body_pose.shape[0], body_pose.dtype, body_pose.device
+    dtype, device = body_pose.dtype, body_pose.device
     cast = functools.partial(torch.as_tensor, dtype=dtype, device=device)
-    rest_j, verts = cast(model.joints), cast(model.verts)
-    parents = model.parents.tolist()
-    local = axis_angle_to_matrix(body_pose)  # (B, 24, 3, 3)
-    offsets = rest_j[1:] - rest_j[parents[1:]]  # (24, 3)
-    if bone_scale is not None:
-        offsets = offsets * bone_scale[..., None]
-    offsets = offsets.expand(B, 24, 3)
-    rots = [torch.eye(3, dtype=dtype, device=device).expand(B, 3, 3)]
-    pos = [rest_j[0].expand(B, 3)]
-    for j in range(1, 25):
-        p = parents[j]
-        rots.append(rots[p] @ local[:, j - 1])
-        pos.append(pos[p] + (rots[p] @ offsets[:, j - 1, :, None])[..., 0])
-    rot_g, pos_g = torch.stack(rots, 1), torch.stack(pos, 1)  # (B, 25, 3, 3), (B, 25, 3)
-    # Skinning transform of joint j maps its rest position to its posed one: x -> R_j (x - J_j) + p_j.
-    trans = pos_g - (rot_g @ rest_j[None, :, :, None])[..., 0]
-    blend = torch.cat([rot_g.reshape(B, 25, 9), trans], -1)  # (B, 25, 12)
-    mixed = cast(model.weights) @ blend  # (B, V, 12)
-    posed = (mixed[..., :9].reshape(B, -1, 3, 3) @ verts[None, :, :, None])[..., 0] + mixed[..., 9:]
+    rest_j = cast(model.joints)
+    rot_g, pos_g = forward_kinematics(axis_angle_to_matrix(body_pose), rest_j, model.parents.tolist(), bone_scale)
+    rest = cast(model.verts) if rest_offsets is None else cast(model.verts) + rest_offsets
+    posed = linear_blend_skinning(rest, cast(model.weights), rest_j, rot_g, pos_g)
     keypoints = cast(model.kp_regressor) @ posed
     parts = [posed, pos_g, keypoints]
     if frame == "cub":

@@ -18,6 +18,10 @@ MOTIONS = ("flap", "peck", "walk", "swim", "takeoff")
 NECK, HEAD = (13, 14), 15
 LEFT_HIP, LEFT_KNEE, RIGHT_HIP, RIGHT_KNEE = 6, 7, 22, 23
 BONE_RANGE = (0.8, 1.3)
+# Bones (index = joint - 1) lengthened to widen the synthetic category beyond one songbird body.
+NECK_BONES, BILL_BONE, TAIL_BONE = (13, 14), 15, 1
+LEG_BONES = (6, 7, 22, 23)  # tibia and tarsus of both legs
+TORSO_JOINTS = (0, 1, 3, 4, 5, 9, 13, 17, 21)
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,39 @@ def sample_prior_pose(model: BirdModel, n: int, rng: np.random.Generator, temper
 def sample_bone_scale(model: BirdModel, n: int, rng: np.random.Generator, temperature: float = 0.5) -> np.ndarray:
     """(n, 24) bone-length factors from the bone prior, clipped to ``BONE_RANGE`` (the prior's tails break the mesh)."""
     return np.clip(_gaussian(model, "bone", n, rng, temperature), *BONE_RANGE)
+
+
+def sample_body_type(model: BirdModel, rng: np.random.Generator, variety: float) -> tuple[np.ndarray, np.ndarray]:
+    """A random body build beyond the bone prior: long necks (swan, heron), long legs (flamingo), long tails and
+    bills, stout or slim bodies (duck, pigeon). Each trait is drawn with probability 1/2, its extent scaled by
+    ``variety`` (0 = none: the template's build).
+
+    Returns:
+        bone factors (24,) to multiply into the bone scales (mirror partners equal) and rest offsets (V, 3) in the
+        model frame (a smooth, mirror-symmetric widening / heightening of the torso through the skinning weights).
+    """
+    factor = np.ones(24)
+    offsets = np.zeros(model.verts.shape)
+    if variety <= 0:
+        return factor, offsets
+    traits = rng.random(5) < 0.5
+    draws = rng.uniform(0, 1, 5)
+    if traits[0]:
+        factor[list(NECK_BONES)] = 1 + 1.5 * variety * draws[0]
+    if traits[1]:
+        factor[list(LEG_BONES)] = 1 + 1.5 * variety * draws[1]
+    if traits[2]:
+        factor[TAIL_BONE] = 1 + 0.8 * variety * draws[2]
+    if traits[3]:
+        factor[BILL_BONE] = 0.8 + (0.2 + 0.6 * variety) * draws[3]
+    if traits[4]:
+        verts, weights = model.verts.numpy(), model.weights.numpy()
+        torso = weights[:, list(TORSO_JOINTS)].sum(1, keepdims=True)  # smooth, symmetric: 1 on the body
+        lo, hi = verts.min(0), verts.max(0)
+        centre = np.array([0.0, (lo[1] + hi[1]) / 2, (lo[2] + hi[2]) / 2])
+        girth = 1 - 0.15 * variety + 0.5 * variety * draws[4]  # 0.85 (slim) .. 1.35 (stout)
+        offsets = torso * (verts - centre) * np.array([girth - 1, 0.0, 0.6 * (girth - 1)])
+    return factor, offsets
 
 
 def mirror_pose(body_pose: np.ndarray) -> np.ndarray:

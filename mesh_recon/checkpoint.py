@@ -9,6 +9,7 @@ from birdmesh.checkpoint import half_precision, read_checkpoint, save_checkpoint
 from birdmesh.config import config_from_dict, config_to_dict
 from birdmesh.errors import UserError
 
+from .articulated import ArticulatedPredictor
 from .predictor import MeshPredictor
 from .predictor_config import CMRConfig
 
@@ -17,15 +18,16 @@ VERSION = 1
 
 
 def load_predictor(path: str | Path | None = None,
-                   device: str | torch.device = "cpu") -> tuple[MeshPredictor, CMRConfig]:
+                   device: str | torch.device = "cpu") -> tuple[MeshPredictor | ArticulatedPredictor, CMRConfig]:
     """The trained predictor in eval mode and its config (default: ``weights/cmr_bird_cpu.pt``).
 
-    Accepts a training checkpoint (``last.pt``) or an exported fp16 file; weights are cast to float32.
+    Accepts a training checkpoint (``last.pt``) or an exported fp16 file; weights are cast to float32. The config's
+    ``model.shape`` picks the free-form (CMR) or the articulated predictor.
     """
     path = Path(path or DEFAULT_WEIGHTS)
     ckpt = read_checkpoint(path)
     cfg = config_from_dict(CMRConfig, ckpt["config"], str(path))
-    model = MeshPredictor(cfg.model)
+    model = ArticulatedPredictor(cfg.model) if cfg.model.shape == "articulated" else MeshPredictor(cfg.model)
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
     try:
         model.load_state_dict(state)
@@ -36,8 +38,9 @@ def load_predictor(path: str | Path | None = None,
 
 
 def export_weights(checkpoint: str | Path, out: str | Path) -> Path:
-    """Write the model weights of a training checkpoint as a small fp16 file (no optimizer state)."""
+    """Write the model weights of a training checkpoint as a small fp16 file (no optimizer state); an articulated
+    template stays float32 (its skinning weights must keep summing to 1)."""
     ckpt = read_checkpoint(checkpoint)
     cfg = config_from_dict(CMRConfig, ckpt["config"], str(checkpoint))
-    save_checkpoint(out, config_to_dict(cfg), half_precision(ckpt["state_dict"]), int(ckpt["step"]), VERSION)
+    save_checkpoint(out, config_to_dict(cfg), half_precision(ckpt["state_dict"], keep=("template.",)), int(ckpt["step"]), VERSION)
     return Path(out)

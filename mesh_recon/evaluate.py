@@ -2,7 +2,10 @@
 
 Synthetic hold-out (``--synthetic-n N --seed S``; S must differ from the training ``data.seed``): mask IoU of the
 rendered silhouette, keypoint PCK@0.1 of the mask's box size, camera rotation error (degrees) and Chamfer distance
-to the ground-truth posed mesh after centring and scale alignment (canonical units; a bird is ~2 long).
+to the ground-truth posed mesh after centring and scale alignment (canonical units; a bird is ~2 long); and the
+project's camera-frame Chamfer / F-score@5 % (each mesh through its own camera, mean depth removed, nothing fitted:
+``birdmesh.shape_metrics``), mesh quality (mean adjacent-normal angle, share of edges folded past 90 degrees) of the
+prediction beside the ground truth's, and for an articulated predictor the mean joint-angle error.
 Real birds (``--davis ROOT --list birds_dev.txt``): every ``--davis-stride``-th frame, cropped around its
 ground-truth mask as at inference; IoU of the rendered silhouette with that mask in the crop.
 Writes DIR/metrics.csv (one row per image), DIR/summary.json, DIR/examples_<source>.png (input | overlay |
@@ -21,10 +24,11 @@ import torch
 from torch import Tensor
 
 from birdmesh.davis import load_sequence, read_annotation, read_sequence_list
-from birdmesh.errors import cli_entry
+from birdmesh.errors import UserError, cli_entry
 from birdmesh.metrics import bbox_size_from_mask, mask_iou
-from birdmesh.outdir import atomic_output_dir
+from birdmesh.outdir import atomic_output_dir, check_output_dir
 from birdmesh.runtime import resolve_data_path, resolve_device
+from birdmesh.shape_metrics import mesh_camera_chamfer, mesh_quality, quaternion_matrix, to_camera_frame
 
 from .checkpoint import DEFAULT_WEIGHTS, load_predictor
 from .crop import crop_around_mask, crop_image
@@ -32,7 +36,7 @@ from .geometry import ndc_to_pixels, quaternion_to_rotation_matrix
 from .mesh import vertex_normals
 from .predictor import MeshPredictor, Prediction, project_keypoints, project_vertices, texture_from_flow
 from .render import interpolate_hard, render_hard, sample_texture_hard
-from .synth import generate_batch
+from .synth import SynthSettings, generate_batch
 
 DEFAULT_HOLDOUT_SEED = 90210  # never a training seed (configs use data.seed 0)
 NUM_EXAMPLES = 8
@@ -93,14 +97,14 @@ def example_panels(images: Tensor, pred: Prediction) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate_synthetic(model: MeshPredictor, n: int, seed: int, batch: int = 32,
-                       data_dir: str | None = None) -> tuple[list[dict], np.ndarray]:
+def evaluate_synthetic(model: MeshPredictor, n: int, seed: int, batch: int = 32, data_dir: str | None = None,
+                       settings: SynthSettings = SynthSettings()) -> tuple[list[dict], np.ndarray]:
     """Per-image metric rows on synthetic hold-out images, and the example panels of the first batch."""
     S, rows, examples = model.cfg.image_size, [], None
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     for start in range(0, n, batch):
-        data = generate_batch(min(batch, n - start), S, seed, start, data_dir=data_dir)
+        data = generate_batch(min(batch, n - start), S, seed, start, settings, data_dir=data_dir)
         images, masks = data["image"].to(device), data["mask"]
         pred = model(images)
         iou = mask_iou(silhouettes(pred, S).cpu(), masks)[:, 0]
@@ -109,6 +113,7 @@ def evaluate_synthetic(model: MeshPredictor, n: int, seed: int, batch: int = 32,
         norm = bbox_size_from_mask(masks[:, 0].numpy() > 0.5)
         hits = np.linalg.norm(kp - kp_gt, axis=-1) <= 0.1 * norm[:, None]
         rot = rotation_error_deg(pred.cams[:, 3:].cpu(), data["cam"][:, 3:])
+        joint_err = joint_angle_error_deg(pred, data["body_pose"])
         faces_gt = _bird_faces(data_dir)
         for i in range(len(images)):
             pts = sample_surface(pred.verts[i].cpu().double(), pred.faces.cpu(), 4000, gen)
@@ -116,10 +121,42 @@ def evaluate_synthetic(model: MeshPredictor, n: int, seed: int, batch: int = 32,
             rows.append({"source": "synthetic", "name": f"seed{seed}/{start + i}", "iou": float(iou[i]),
                          "pck": float(hits[i][vis[i]].mean()) if vis[i].any() else float("nan"),
                          "visible_kp": int(vis[i].sum()), "rot_deg": float(rot[i]),
-                         "chamfer": aligned_chamfer(pts, pts_gt)})
+                         "chamfer": aligned_chamfer(pts, pts_gt),
+                         **camera_frame_scores(pred.verts[i], pred.cams[i], pred.faces, data["verts"][i],
+                                               data["cam"][i], faces_gt, seed=start + i),
+                         "joint_deg": float(joint_err[i]) if joint_err is not None else float("nan")})
         if examples is None:
             examples = example_panels(images[:NUM_EXAMPLES], _slice(pred, NUM_EXAMPLES))
     return rows, examples
+
+
+def joint_angle_error_deg(pred: Prediction, body_pose: Tensor) -> Tensor | None:
+    """(B,) mean geodesic angle (degrees) between predicted and true joint rotations (B, 24, 3) axis-angle;
+    None for a free-form prediction (no joints)."""
+    rotations = getattr(pred, "rotations", None)
+    if rotations is None:
+        return None
+    from .bird_model import axis_angle_to_matrix
+
+    relative = rotations.cpu().double().transpose(-1, -2) @ axis_angle_to_matrix(body_pose.double())
+    cos = ((relative.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1.0, 1.0)
+    return torch.rad2deg(torch.acos(cos)).mean(1)
+
+
+def camera_frame_scores(verts: Tensor, cam: Tensor, faces: Tensor, verts_gt: Tensor, cam_gt: Tensor,
+                        faces_gt: Tensor, seed: int = 0) -> dict:
+    """The camera-frame Chamfer / F-score@5 % (``birdmesh.shape_metrics``) of one image, each mesh with its own
+    camera (7,), and the mesh quality of both (prediction and ground truth). verts (V, 3), verts_gt (M, 3)."""
+    def frame(v: Tensor, c: Tensor):
+        c = c.detach().cpu().double()
+        return to_camera_frame(v.detach().cpu().double().numpy(), float(c[0]), quaternion_matrix(c[3:].numpy()),
+                               c[1:3].numpy())
+
+    pred_cam, gt_cam = frame(verts, cam), frame(verts_gt, cam_gt)
+    scores = mesh_camera_chamfer(pred_cam, faces.cpu().numpy(), gt_cam, faces_gt.numpy(), seed)
+    quality, quality_gt = mesh_quality(pred_cam, faces.cpu().numpy()), mesh_quality(gt_cam, faces_gt.numpy())
+    return {"cam_chamfer": scores.chamfer, "fscore": scores.fscore, "normal_deg": quality.normal_angle_deg,
+            "folded": quality.folded, "gt_normal_deg": quality_gt.normal_angle_deg, "gt_folded": quality_gt.folded}
 
 
 def _bird_faces(data_dir: str | None) -> Tensor:
@@ -129,7 +166,7 @@ def _bird_faces(data_dir: str | None) -> Tensor:
 
 
 def _slice(pred: Prediction, k: int) -> Prediction:
-    return Prediction(**{name: value[:k] if name in Prediction.BATCHED and value is not None else value
+    return type(pred)(**{name: value[:k] if name in pred.BATCHED and value is not None else value
                          for name, value in pred.__dict__.items()})
 
 
@@ -174,6 +211,8 @@ def summarize(rows: list[dict]) -> dict:
             entry["rot_median_deg"] = float(np.median([r["rot_deg"] for r in part]))
             entry["rot_mean_deg"] = float(np.mean([r["rot_deg"] for r in part]))
             entry["chamfer"] = float(np.mean([r["chamfer"] for r in part]))
+            for key in ("cam_chamfer", "fscore", "normal_deg", "folded", "gt_normal_deg", "gt_folded", "joint_deg"):
+                entry[key] = float(np.mean([r[key] for r in part]))
         summary[source] = entry
     return summary
 
@@ -183,14 +222,17 @@ def summary_line(summary: dict) -> str:
     if "synthetic" in summary:
         s = summary["synthetic"]
         parts.append(f"synthetic IoU={s['iou']:.3f} PCK@0.1={s['pck@0.1']:.3f} rot_median={s['rot_median_deg']:.1f}deg "
-                     f"chamfer={s['chamfer']:.4f} (n={s['images']})")
+                     f"chamfer={s['chamfer']:.4f} cam_chamfer={s['cam_chamfer']:.4f} F@5%={s['fscore']:.3f} "
+                     f"normal={s['normal_deg']:.1f}deg (gt {s['gt_normal_deg']:.1f}) folded={s['folded']:.3f} "
+                     f"(gt {s['gt_folded']:.3f}) joint={s['joint_deg']:.1f}deg (n={s['images']})")
     if "davis" in summary:
         parts.append(f"davis IoU={summary['davis']['iou']:.3f} (n={summary['davis']['images']})")
     return " | ".join(parts)
 
 
 def _write_outputs(out: Path, rows: list[dict], sheets: dict, summary: dict) -> None:
-    fields = ["source", "name", "iou", "pck", "visible_kp", "rot_deg", "chamfer"]
+    fields = ["source", "name", "iou", "pck", "visible_kp", "rot_deg", "chamfer", "cam_chamfer", "fscore",
+              "normal_deg", "folded", "gt_normal_deg", "gt_folded", "joint_deg"]
     with (out / "metrics.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -208,26 +250,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output folder (refused if it exists, unless --overwrite)")
     parser.add_argument("--synthetic-n", type=int, default=256, help="synthetic hold-out images (0 = skip)")
     parser.add_argument("--seed", type=int, default=DEFAULT_HOLDOUT_SEED, help="synthetic hold-out dataset seed")
+    parser.add_argument("--wide", action="store_true",
+                        help="hold-out from the widened synthetic distribution (shape_variety 1, motion_fraction 0.5, "
+                             "as configs/cmr_articulated_cpu.yaml trains on) instead of the default generator")
     parser.add_argument("--davis", default=None, help="DAVIS root with the real bird videos (e.g. $DATA/davis2016)")
     parser.add_argument("--list", default="birds_dev.txt", help="sequence list (a path, or a name under ImageSets)")
     parser.add_argument("--davis-stride", type=int, default=4, help="evaluate every n-th frame")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
+    if args.synthetic_n < 0 or (args.synthetic_n == 0 and not args.davis):
+        raise UserError(f"--synthetic-n {args.synthetic_n}: expected at least 1 synthetic image (0 only with --davis)")
+    if args.davis_stride < 1:
+        raise UserError(f"--davis-stride {args.davis_stride}: expected at least 1")
+    inputs = {"--checkpoint": args.checkpoint, "--davis": args.davis and str(resolve_data_path(args.davis))}
+    check_output_dir(args.out, args.overwrite, inputs)  # before evaluating, not after
     model, cfg = load_predictor(args.checkpoint, resolve_device(args.device))
     rows, sheets = [], {}
     if args.synthetic_n > 0:
         if args.seed == cfg.data.seed:
             print(f"warning: --seed {args.seed} is the training data seed; these images were seen in training")
+        settings = SynthSettings(shape_variety=1.0, motion_fraction=0.5) if args.wide else SynthSettings()
         synth_rows, sheets["synthetic"] = evaluate_synthetic(model, args.synthetic_n, args.seed,
-                                                             data_dir=cfg.data.data_dir or None)
+                                                             data_dir=cfg.data.data_dir or None, settings=settings)
         rows += synth_rows
     if args.davis:
         davis_rows, sheets["davis"] = evaluate_davis(model, str(resolve_data_path(args.davis)), args.list,
                                                      args.davis_stride)
         rows += davis_rows
     summary = summarize(rows)
-    with atomic_output_dir(args.out, args.overwrite) as out:
+    with atomic_output_dir(args.out, args.overwrite, inputs) as out:
         _write_outputs(out, rows, sheets, summary)
     print(summary_line(summary))
 

@@ -6,6 +6,7 @@ and why they differ.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from birdmesh.config import Count, Fraction, NonNegative, NonNegativeInt, Positive
 
@@ -23,6 +24,11 @@ class ModelConfig:
     align_stages: NonNegativeInt = 0  # vertex-alignment refinement stages after the shape head (0 = CMR's heads
     # only): image features sampled at each vertex's projection move it (predictor_networks.VertexAlignHead)
     align_hidden: Count = 96  # width of each alignment stage's per-vertex layers
+    shape: Literal["free", "articulated"] = "free"  # free: CMR's per-vertex offsets of a learned icosphere mean
+    # shape; articulated: joint rotations, bone lengths and a smooth residual of the skinned avian mesh
+    # (mesh_recon.articulated; template_level and align_* do not apply)
+    residual_basis: Count = 48  # articulated: low-frequency Laplacian eigenvectors spanning the residual
+    camera_hypotheses: Count = 8  # articulated: cameras with probabilities per image (camera multiplex)
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,13 @@ class LossConfig:
     texture: NonNegative = 0.5  # masked L1 between the rendered predicted texture and the image
     texture_feature: NonNegative = 0.5  # LPIPS-like distance of the predictor's own stem features (frozen here)
     texture_dt: NonNegative = 0.5  # mask barrier sampled at the texture flow (keeps the flow on the bird)
+    # Articulated predictor only (model.shape = articulated); each needs the synthetic ground truth it names.
+    pose: NonNegative = 1.0  # |R - R_gt|^2 of the joint rotations (synthetic body_pose)
+    bone: NonNegative = 1.0  # squared log error of the bone-length factors
+    vertex: NonNegative = 10.0  # mean distance of each posed vertex to its ground-truth position (canonical frame)
+    residual: NonNegative = 1.0  # mean norm of the rest-shape residual (the skeleton should carry the shape)
+    residual_laplacian: NonNegative = 10.0  # mean norm of its uniform Laplacian
+    hypothesis: NonNegative = 0.5  # cross-entropy of the camera probabilities to the best hypothesis
     render_size: Count = 64  # side of the soft renders the losses compare with (masks/images are area-resized)
     sigma: Positive = 1e-4  # SoftRas coverage sharpness (NDC^2)
     gamma: Positive = 1e-4  # SoftRas depth softmax temperature
@@ -67,6 +80,8 @@ class TrainConfig:
     final_lr_factor: NonNegative = 0.05
     gt_camera_steps: NonNegativeInt = 0  # the first steps render with the ground-truth cameras (shape learns while the
     # camera head learns from the camera term alone; CMR did so throughout); afterwards with the predicted ones
+    init_from_free: str = ""  # articulated: start the encoder and texture flow from these free-form weights
+    # (e.g. mesh_recon/weights/cmr_bird_cpu.pt); "" = from scratch
     grad_clip: NonNegative = 10.0  # max global gradient norm (0 = off)
     checkpoint_every: Count = 250
     log_every: Count = 25

@@ -22,7 +22,7 @@ import torch
 from birdmesh.errors import UserError
 
 from .bird_model import BirdModel, load_bird_model, pose_bird
-from .bird_motion import MOTIONS, sample_bone_scale, sample_prior_pose, scripted_motion
+from .bird_motion import MOTIONS, sample_body_type, sample_bone_scale, sample_prior_pose, scripted_motion
 from .geometry import ndc_to_pixels, rotation_matrix_to_quaternion, weak_perspective_project
 from .synth_appearance import random_light, random_look
 from .synth_background import load_background_pool
@@ -46,6 +46,8 @@ class SynthSettings:
     truncation_prob: float = 0.1  # bird pushed across the border
     occlusion_prob: float = 0.15  # an occluder (branch, blob) covers part of the bird
     degrade_strength: float = 1.0  # colour jitter, blur, noise and JPEG (0 = none)
+    shape_variety: float = 0.0  # builds beyond the bone prior (long necks / legs / tails, stout bodies:
+    # bird_motion.sample_body_type); 0 = the template's songbird build (the evaluation hold-out's generator)
 
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:
@@ -86,7 +88,13 @@ def generate_batch(n: int, size: int, seed: int = 0, start: int = 0, settings: S
     bones = torch.from_numpy(np.concatenate([sample_bone_scale(model, 1, r, settings.bone_temperature)
                                              for r in rngs])).float()
     looks = [random_look(model, r) for r in rngs]
-    posed = pose_bird(model, poses, bones)
+    offsets = None
+    if settings.shape_variety > 0:  # its own stream: the same sample keeps its pose, view and look
+        builds = [sample_body_type(model, np.random.default_rng([int(seed), int(start + i), 1]),
+                                   settings.shape_variety) for i in range(n)]
+        bones = bones * torch.from_numpy(np.stack([b[0] for b in builds])).float()
+        offsets = torch.from_numpy(np.stack([b[1] for b in builds])).float()
+    posed = pose_bird(model, poses, bones, rest_offsets=offsets)
     rot = torch.from_numpy(np.concatenate([sample_viewpoints(rotations, 1, r, settings.view_jitter_deg)
                                            for r in rngs])).float()
     verts_cam = posed.verts @ rot.transpose(1, 2)

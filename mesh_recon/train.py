@@ -21,6 +21,9 @@ from birdmesh.errors import UserError, cli_entry
 from birdmesh.training import (append_csv_row, cleanup_distributed, drop_csv_rows_after, linear_decay_lr,
                                start_training, training_main, wrap_distributed)
 
+from .articulated import ArticulatedPredictor, init_from_free_predictor, spread_viewpoints
+from .articulated_losses import articulated_losses
+from .bird_model import load_bird_model
 from .checkpoint import VERSION, export_weights
 from .losses import mask_barrier, predictor_losses
 from .predictor import MeshPredictor
@@ -28,9 +31,11 @@ from .predictor_config import CMRConfig, DataConfig, LossConfig
 from .predictor_networks import stem_features
 from .render import SoftRenderer, SoftRenderSettings
 from .synth import SynthBirdImages, generate_batch
+from .skinned_template import SkinnedTemplate
+from .synth_camera import MIRROR, load_cub_rotations
 from .template import bird_template_init
 
-BATCH_KEYS = ("image", "mask", "kp", "cam", "verts")
+BATCH_KEYS = ("image", "mask", "kp", "cam", "verts", "body_pose", "bone_scale")
 
 
 class SynthBatches(torch.utils.data.IterableDataset):
@@ -78,16 +83,22 @@ def _worker_init(_: int) -> None:
 class TrainingStep(nn.Module):
     """Predictor + renderer + losses as one module, so DistributedDataParallel sees a (loss, stats) forward."""
 
-    def __init__(self, predictor: MeshPredictor, loss_cfg: LossConfig):
+    def __init__(self, predictor: MeshPredictor | ArticulatedPredictor, loss_cfg: LossConfig):
         super().__init__()
         self.predictor, self.loss_cfg = predictor, loss_cfg
         self.renderer = SoftRenderer(SoftRenderSettings(loss_cfg.render_size, loss_cfg.sigma, loss_cfg.gamma))
+        self.articulated = isinstance(predictor, ArticulatedPredictor)
+        if self.articulated:
+            self.register_buffer("laplacian", predictor.template.laplacian(), persistent=False)
 
     def features(self, images: Tensor) -> list:
         return stem_features(self.predictor.encoder, images)
 
     def forward(self, batch: dict, use_gt_camera: bool = False) -> tuple[Tensor, dict]:
         pred = self.predictor(batch["image"])
+        if self.articulated:
+            return articulated_losses(pred, batch, self.renderer, self.loss_cfg, self.laplacian,
+                                      self.predictor.template.canonical_scale, self.features, use_gt_camera)
         render_cams = batch["cam"] if use_gt_camera else None
         return predictor_losses(pred, batch, self.renderer, self.loss_cfg, self.features, render_cams)
 
@@ -98,8 +109,21 @@ def learning_rate(step: int, cfg: CMRConfig) -> float:
     return linear_decay_lr(step, t.lr, t.steps * (1 - t.decay_fraction), t.steps, t.final_lr_factor)
 
 
-def build_predictor(cfg: CMRConfig) -> MeshPredictor:
-    """A fresh predictor with the bird mean shape and keypoint assignment (needs the shared bird model)."""
+def build_predictor(cfg: CMRConfig) -> MeshPredictor | ArticulatedPredictor:
+    """A fresh predictor with the bird mean shape and keypoint assignment (needs the shared bird model); an
+    articulated one gets the skinned avian template, viewpoint hypotheses spread over CUB's photos and, with
+    ``train.init_from_free``, the encoder and texture flow of a free-form predictor's weights."""
+    data_dir = cfg.data.data_dir or None
+    if cfg.model.shape == "articulated":
+        bird = load_bird_model(data_dir)
+        model = ArticulatedPredictor(cfg.model)
+        rotations = torch.from_numpy(np.concatenate([load_cub_rotations(data_dir),
+                                                     MIRROR @ load_cub_rotations(data_dir) @ MIRROR]))
+        model.reset_template(SkinnedTemplate.from_bird_model(bird, cfg.model.residual_basis),
+                             spread_viewpoints(rotations, cfg.model.camera_hypotheses), bird.bone_mean)
+        if cfg.train.init_from_free:
+            init_from_free_predictor(model, read_checkpoint(cfg.train.init_from_free)["state_dict"])
+        return model
     model = MeshPredictor(cfg.model)
     model.reset_template(*bird_template_init(model.template, cfg.data.data_dir or None))
     return model

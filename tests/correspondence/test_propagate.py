@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -340,3 +341,46 @@ def test_softmax_temperature_by_method_and_resolved_before_matching():
     context = [make_context(feats, torch.ones(2, 3, 3), 0.0)]
     with pytest.raises(ValueError, match="softmax_temperature"):
         propagate_step(feats, context, PropagationConfig())
+
+
+def test_cli_soft_mask_keeps_its_interior_and_odd_masks_warn(tmp_path, capsys):
+    # A blurred 0/255 mask: read as DAVIS indices its 255 interior was "void" and the object became a ring.
+    clip = _write_clip(tmp_path / "clip", n=2)
+    mask = np.zeros((32, 48), np.uint8)
+    mask[8:24, 8:32] = 255
+    Image.fromarray(cv2.GaussianBlur(mask, (5, 5), 1.5)).save(tmp_path / "soft.png")
+    propagate_main([str(clip), "--mask", str(tmp_path / "soft.png"), "--out", str(tmp_path / "out"),
+                    "--method", "pixels", "--set", "use_bf16=false"])
+    first = np.asarray(Image.open(tmp_path / "out" / "00000.png"))
+    assert (first[10:22, 10:30] == 1).all() and first[0].max() == 0
+    Image.fromarray(np.full((32, 48), 255, np.uint8)).save(tmp_path / "full.png")
+    capsys.readouterr()
+    propagate_main([str(clip), "--mask", str(tmp_path / "full.png"), "--out", str(tmp_path / "full"),
+                    "--method", "pixels", "--set", "use_bf16=false"])
+    assert "warning: " + str(tmp_path / "full.png") + ": the mask covers the whole 48x32 frame" in \
+        capsys.readouterr().err
+
+
+def test_cli_refuses_outputs_holding_cwd_or_inputs_and_wrong_weights(tmp_path, capsys, monkeypatch):
+    from birdmesh.checkpoint import save_checkpoint
+    from birdmesh.config import config_to_dict
+    from correspondence.config import UVCConfig
+
+    clip = _write_clip(tmp_path / "clip")
+    mask = np.zeros((32, 48), np.uint8)
+    mask[8:24, 8:32] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    monkeypatch.chdir(tmp_path)
+    for out, expected in [(".", "it is the current folder"), ("clip", "it is the input clip"),
+                          ("..", "it holds the current folder")]:
+        code, err = _run_cli(["clip", "--mask", "mask.png", "--out", out, "--overwrite", "--method", "pixels"],
+                             capsys)
+        assert code == 2 and err.splitlines()[-1].startswith(f"error: {out}: refusing to use ") and expected in err
+    (tmp_path / "file.txt").write_text("x")
+    code, err = _run_cli(["clip", "--mask", "mask.png", "--out", "file.txt", "--overwrite"], capsys)
+    assert code == 2 and "file.txt: is a file, not a folder" in err
+    save_checkpoint(tmp_path / "uvc.pt", config_to_dict(UVCConfig()), {"encoder.foo": torch.zeros(2)}, 0)
+    code, err = _run_cli(["clip", "--mask", "mask.png", "--out", "out", "--checkpoint", "uvc.pt"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "uvc.pt: weights do not fit the correspondence model" in err and "encoder.foo" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip", "file.txt", "mask.png", "uvc.pt"]

@@ -1,0 +1,202 @@
+"""Online adaptation in pose space, for the articulated predictor (``mesh_recon.articulated``).
+
+Per video, shared: bone lengths, the rest-shape residual (one base shape) and the texture; per frame: joint
+rotations and the camera. There are no free per-frame vertex offsets, so a silhouette or a propagated part can only
+be matched by moving the skeleton: the coverage term's pull on the nearest vertex turns a limb or the neck, and a
+fold-preventing term keeps the skinned surface from crumpling where joints bend. The same image terms as the
+free-form adaptation (``optimize.image_terms``) plus the avian pose and bone priors, temporal smoothness of joint
+rotations, and consistency of the per-frame bones and residuals with the video's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from birdmesh.metrics import mask_iou
+from mesh_recon.articulated import ArticulatedPrediction
+from mesh_recon.geometry import weak_perspective_project
+from mesh_recon.mesh import face_normals
+from mesh_recon.render import SoftRenderer, SoftRenderSettings, render_hard
+from mesh_recon.skinned_template import SkinnedTemplate
+from mesh_recon.skinning import matrix_to_axis_angle, matrix_to_rotation_6d, rotation_6d_to_matrix
+
+from .config import LossWeights, OptimConfig
+from .losses import temporal_smoothness
+from .optimize import VideoCrops, VideoMaps, frame_windows, image_terms, weigh
+from .viewpoint import ViewpointTrack, choose_viewpoint_track, hypothesis_costs
+
+
+def face_pairs(faces: Tensor) -> Tensor:
+    """(P, 2) int64 pairs of faces sharing an edge (edges with exactly two faces) of (F, 3) faces."""
+    edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).sort(dim=1).values
+    owner = torch.arange(len(faces), device=faces.device).repeat(3)
+    key = edges[:, 0] * (int(edges.max()) + 1) + edges[:, 1]
+    key, order = key.sort()
+    owner = owner[order]
+    _, counts = torch.unique_consecutive(key, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    pairs = starts[counts == 2]
+    return torch.stack([owner[pairs], owner[pairs + 1]], 1)
+
+
+def adjacent_cosines(verts: Tensor, faces: Tensor, pairs: Tensor) -> Tensor:
+    """(..., P) cosines between the normals of each face pair of vertices (..., V, 3)."""
+    normal = face_normals(verts, faces)
+    return (normal[..., pairs[:, 0], :] * normal[..., pairs[:, 1], :]).sum(-1)
+
+
+def fold_loss(verts: Tensor, faces: Tensor, pairs: Tensor, rest_cos: Tensor) -> Tensor:
+    """Mean loss of flatness between adjacent faces beyond the rest shape's: relu(cos_rest - cos), (B, V, 3) verts.
+
+    Zero while every pair of faces is at least as flat as on the rest bird; a fold or a spike (normals turned
+    apart) costs up to 2 per pair.
+    """
+    return F.relu(rest_cos - adjacent_cosines(verts, faces, pairs)).mean()
+
+
+def pose_prior_loss(rotations: Tensor, template: SkinnedTemplate) -> Tensor:
+    """Mean squared Mahalanobis distance per dimension of the joint rotations (B, 24, 3, 3) to the avian pose prior."""
+    d = matrix_to_axis_angle(rotations).flatten(1) - template.prior_pose_mean
+    return ((d @ template.prior_pose_precision) * d).sum(1).mean() / d.shape[1]
+
+
+def bone_prior_loss(bone_scale: Tensor, template: SkinnedTemplate) -> Tensor:
+    """The same for bone-length factors (B, 24) and the avian bone prior."""
+    d = bone_scale - template.prior_bone_mean
+    return ((d @ template.prior_bone_precision) * d).sum(1).mean() / d.shape[1]
+
+
+def rotation_smoothness(rotations: Tensor) -> Tensor:
+    """Mean squared Frobenius change of joint rotations (B, J, 3, 3) between consecutive frames (0 if B < 2)."""
+    return temporal_smoothness(rotations.flatten(1)) / rotations.shape[1]
+
+
+@dataclass(frozen=True)
+class ShapeReference:
+    """What the frames of a video share: bone_scale (24,), residual (V, 3) model frame; fold data: pairs (P, 2) and
+    rest_cos (P,) of the template's rest mesh."""
+
+    bone_scale: Tensor
+    residual: Tensor
+    pairs: Tensor
+    rest_cos: Tensor
+
+
+def shape_reference(pred: ArticulatedPrediction, template: SkinnedTemplate, keep: Tensor | None = None
+                    ) -> ShapeReference:
+    """The video's shared bones (geometric mean) and residual (mean) over frames ``keep`` (T,) bool, and fold data."""
+    idx = torch.nonzero(keep).flatten() if keep is not None and bool(keep.any()) else torch.arange(len(pred.verts))
+    pairs = face_pairs(template.faces)
+    rest_cos = adjacent_cosines(template.verts, template.faces, pairs)
+    return ShapeReference(pred.bone_scale[idx].log().mean(0).exp().detach(), pred.residual[idx].mean(0).detach(),
+                          pairs, rest_cos)
+
+
+def articulated_terms(pred: ArticulatedPrediction, template: SkinnedTemplate, ref: ShapeReference) -> dict:
+    """Pose / bone priors, rotation smoothness, fold, and consistency of bones and residual with the video's."""
+    scale = template.canonical_scale
+    return {"pose_prior": pose_prior_loss(pred.rotations, template),
+            "bone_prior": bone_prior_loss(pred.bone_scale, template),
+            "rotation_smooth": rotation_smoothness(pred.rotations),
+            "fold": fold_loss(pred.verts, pred.faces, ref.pairs, ref.rest_cos),
+            "consistency": (pred.bone_scale.log() - ref.bone_scale.log()).square().mean()
+            + ((pred.residual - ref.residual) * scale).square().sum(-1).mean()}
+
+
+def select_frames(pred: ArticulatedPrediction, frames: Tensor) -> ArticulatedPrediction:
+    """The prediction of frames ``frames`` (B,) only."""
+    return dataclasses.replace(pred, **{name: getattr(pred, name)[frames] for name in pred.BATCHED
+                                        if getattr(pred, name) is not None})
+
+
+@torch.no_grad()
+def video_viewpoint(pred: ArticulatedPrediction, crops: VideoCrops, size: int = 64, switch_cost: float = 2.0
+                    ) -> ViewpointTrack:
+    """Choose one camera-hypothesis track for the video: each hypothesis' hard silhouette against the propagated
+    mask (IoU) and its probability, with smooth camera motion (``viewpoint.choose_viewpoint_track``)."""
+    T, H = pred.cam_hypotheses.shape[:2]
+    masks = (F.interpolate(crops.masks, size=(size, size), mode="area") > 0.5).float().cpu()
+    iou = torch.zeros(T, H)
+    for h in range(H):
+        sil = render_hard(weak_perspective_project(pred.verts, pred.cam_hypotheses[:, h]), pred.faces, size).mask
+        iou[:, h] = mask_iou(sil.cpu(), masks)[:, 0]
+    iou[~crops.valid.cpu()] = 0.0  # a vanished bird says nothing about the viewpoint
+    from mesh_recon.geometry import quaternion_to_rotation_matrix
+
+    rotations = quaternion_to_rotation_matrix(pred.cam_hypotheses[..., 3:].cpu())
+    return choose_viewpoint_track(rotations, hypothesis_costs(pred.cam_logits.cpu(), iou), switch_cost)
+
+
+def with_track(pred: ArticulatedPrediction, track: Tensor) -> ArticulatedPrediction:
+    """The prediction whose cameras are the track's hypotheses: track (T,) int64 for T frames."""
+    frames = torch.arange(len(track), device=pred.cams.device)
+    return dataclasses.replace(pred, cams=pred.cam_hypotheses[frames, track.to(pred.cams.device)])
+
+
+def posed(pred: ArticulatedPrediction, template: SkinnedTemplate, rotations: Tensor, bone_scale: Tensor,
+          residual: Tensor, cams: Tensor) -> ArticulatedPrediction:
+    """The prediction re-posed: rotations (B, 24, 3, 3), bone_scale (24,), residual (V, 3) shared, cams (B, 7)."""
+    B = len(rotations)
+    verts, joints = template.pose(template.verts + residual, rotations, bone_scale.expand(B, -1))
+    return dataclasses.replace(pred, verts=verts, joints=joints, kp3d=template.kp_regressor @ verts, cams=cams,
+                               rotations=rotations, bone_scale=bone_scale.expand(B, -1),
+                               residual=residual.expand(B, -1, -1), delta_v=verts - pred.mean_verts)
+
+
+def refine_pose_space(pred: ArticulatedPrediction, crops: VideoCrops, maps: VideoMaps, template: SkinnedTemplate,
+                      cfg: OptimConfig, weights: LossWeights, seed: int = 0
+                      ) -> tuple[ArticulatedPrediction, list[dict]]:
+    """Optimise per-frame joint rotations and cameras, and the video's shared bones and residual.
+
+    Starts from ``pred`` (T frames, cameras already on the chosen viewpoint track) with the video's mean bones and
+    residual; rotations change by a 6-D offset composed on the right of each predicted rotation, bones by a shared
+    log factor (mirror partners equal), the residual by a shared symmetric combination of the template's smooth
+    basis. Returns the refined prediction of all T frames and the loss history.
+    """
+    ref = shape_reference(pred, template, crops.valid)
+    if cfg.refine_iterations <= 0:
+        return posed(pred, template, pred.rotations, ref.bone_scale, ref.residual, pred.cams), []
+    T, device = len(pred.verts), pred.verts.device
+    identity = matrix_to_rotation_6d(torch.eye(3, device=device))
+    rot_delta = torch.zeros(T, pred.rotations.shape[1], 6, device=device, requires_grad=True)
+    cam_delta = torch.zeros(T, 7, device=device, requires_grad=True)
+    bone_delta = torch.zeros(pred.bone_scale.shape[1], device=device, requires_grad=True)
+    coeff_delta = torch.zeros(template.basis.shape[1], 3, device=device, requires_grad=True)
+    optimizer = torch.optim.Adam([rot_delta, cam_delta, bone_delta, coeff_delta], lr=cfg.refine_lr)
+    renderer = SoftRenderer(SoftRenderSettings(image_size=cfg.refine_render_size, sigma=cfg.sigma, gamma=cfg.gamma))
+    from mesh_recon.bird_model import JOINT_FLIP
+
+    mirror_bones = [JOINT_FLIP[j] - 1 for j in range(1, 25)]
+    base_rot, base_cams = pred.rotations.detach(), pred.cams.detach()
+
+    def current(frames: Tensor) -> ArticulatedPrediction:
+        rotations = base_rot[frames] @ rotation_6d_to_matrix(identity + rot_delta[frames])
+        cams = base_cams[frames] + cam_delta[frames]
+        cams = torch.cat([cams[:, :3], F.normalize(cams[:, 3:], dim=1)], 1)
+        bones = ref.bone_scale * torch.exp(0.5 * (bone_delta + bone_delta[mirror_bones]))
+        residual = ref.residual + template.symmetrize((template.basis @ coeff_delta)[None])[0]
+        return posed(select_frames(pred, frames), template, rotations, bones, residual, cams)
+
+    windows, history = frame_windows(T, cfg.batch_size, seed + 1), []
+    bar = tqdm(range(cfg.refine_iterations), desc="refine pose", unit="step")
+    for step in bar:
+        tic = time.time()
+        frames = torch.from_numpy(next(windows)).to(device)
+        window = current(frames)
+        terms, _ = image_terms(window, crops, frames, maps, renderer)
+        terms.update(articulated_terms(window, template, ref))
+        loss, stats = weigh(terms, weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        stats.update(step=step, loss=float(loss.detach()), seconds=time.time() - tic)
+        history.append(stats)
+        bar.set_postfix(loss=f"{stats['loss']:.4f}", sil=f"{stats.get('silhouette', 0):.4f}")
+    with torch.no_grad():
+        return current(torch.arange(T, device=device)), history
