@@ -59,7 +59,8 @@ class LossWeights:
     camera_smooth: NonNegative = 1.0  # consecutive-frame camera change (pixels / frame size, quaternion)
     residual_smooth: NonNegative = 1.0  # consecutive-frame change of the residual
     # articulated predictor only (adapt/pose_space.py): priors and smoothness in pose space
-    pose_prior: NonNegative = 0.01  # squared Mahalanobis distance per dimension to the avian pose prior
+    pose_prior: NonNegative = 0.001  # squared Mahalanobis distance per dimension to the avian pose prior (fitted on
+    # perched birds: at 0.01 it folded a spread wing back against the silhouette, tests/adapt/test_pose_space.py)
     bone_prior: NonNegative = 0.01  # the same for the bone-length factors
     rotation_smooth: NonNegative = 1.0  # consecutive-frame change of every joint rotation (squared Frobenius)
     fold: NonNegative = 10.0  # adjacent faces folding beyond the rest bird's (relu(cos_rest - cos))

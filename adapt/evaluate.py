@@ -9,12 +9,15 @@ Per sequence the pipeline runs twice from the ground-truth first-frame mask, ada
   - part consistency: each vertex's majority propagated part over the video, rendered on every frame's mesh,
     vs parts/%05d.png where both cover the object (accuracy, mean IoU over parts);
   - runtime per frame and per stage (report.json);
+  - mesh quality: mean angle between adjacent face normals and the share of edges folded past 90 degrees;
   - with ``--synthetic`` (videos of ``python -m mesh_recon.synth videos`` from a seed unused in training; gt/*.npz):
-    the same, plus Chamfer-L2 and F-score@5% of the bird's size after camera-frame + similarity-ICP alignment,
-    and keypoint PCK@0.1 (the predictor's vert2kp @ verts under the exported camera vs visible GT keypoints,
-    normalised by the GT mask's bounding-box size).
+    the same, plus (``adapt.scores3d``) the camera-frame Chamfer and F-score@5% (the project's 3-D metric: each
+    mesh placed by its own camera, nothing fitted), the older Chamfer-L2 / F-score after similarity ICP, keypoint
+    PCK@0.1 and the ground truth's mesh quality.
+Both kinds of ``adapt.run`` output are read: canonical OBJs (free-form predictor, ``export.animation=morph``) and
+world-frame OBJs with pose.json (articulated predictor, rig export), which go back to canonical with cameras.json.
 Writes, atomically into DIR: results.csv, summary.md, scores.json (per-frame numbers), iou_per_frame.png,
-consistency.png, contact_sheet.png and runs/.
+consistency.png, contact_sheet.png (frames with outlines, each mesh from its camera, the side and above) and runs/.
 """
 from __future__ import annotations
 
@@ -32,16 +35,17 @@ import torch
 
 from birdmesh.davis import load_sequence, read_annotation, read_sequence_list
 from birdmesh.errors import UserError, cli_entry
-from birdmesh.metrics import bbox_size_from_mask, db_eval_iou, pck
+from birdmesh.metrics import db_eval_iou
 from birdmesh.outdir import atomic_output_dir
 from birdmesh.video import read_image
 from mesh_recon.mesh import load_obj
 
 from . import report as report_io
-from .export import project_to_pixels
-from .metrics3d import camera_frame_points, sample_surface, shape_scores
+from .export_articulated import canonical_from_world
+from .mesh_views import mesh_view_tiles
 from .run import main as run_main
 from .scores import part_consistency, reprojection_consistency
+from .scores3d import camera_frame_verts, load_gt3d, quality_row, score_3d
 
 METHODS = {"adapted": [], "framewise": ["--no-adapt"]}  # method name -> extra adapt.run arguments
 DISTANCES = (1, 5, 10, 20)
@@ -61,8 +65,9 @@ class EvalSequence:
 
 @dataclass(frozen=True)
 class RunOutputs:
-    """What one ``adapt.run`` wrote: verts (T, V, 3) canonical, faces (F, 3), T cameras.json entries,
-    masks (T, H, W) bool, parts (T, H, W) uint8, frame_index (T,) indices into the input frames, the report."""
+    """What one ``adapt.run`` wrote: verts (T, V, 3) canonical (rig-mode OBJs taken back from the world frame),
+    faces (F, 3), T cameras.json entries, masks (T, H, W) bool, parts (T, H, W) uint8, frame_index (T,) indices
+    into the input frames, the report, mode "morph" (canonical OBJs) or "rig" (world-frame OBJs, pose.json)."""
 
     verts: np.ndarray
     faces: np.ndarray
@@ -71,6 +76,7 @@ class RunOutputs:
     parts: np.ndarray
     frame_index: np.ndarray
     report: dict
+    mode: str = "morph"
 
 
 def list_sequences(davis: str | None, list_file: str | None, synthetic: str | None) -> list[EvalSequence]:
@@ -100,16 +106,25 @@ def run_pipeline(seq: EvalSequence, method: str, out: Path, pipeline_args: list[
 
 
 def read_run(folder: Path) -> RunOutputs:
-    """Load an ``adapt.run`` output folder (meshes, cameras.json, masks, parts, report.json)."""
+    """Load an ``adapt.run`` output folder (meshes, cameras.json, masks, parts, report.json).
+
+    A folder with pose.json is rig mode: its OBJs are in the world frame (``adapt.export_articulated``) and go back
+    to the canonical frame with each frame's cameras.json entry, so every score reads one kind of mesh.
+    """
     report = json.loads((folder / "report.json").read_text())
     T = int(report["frames"])
     meshes = [load_obj(folder / "meshes" / f"{t:05d}.obj") for t in range(T)]
-    cameras = json.loads((folder / "cameras.json").read_text())["frames"]
+    camera_doc = json.loads((folder / "cameras.json").read_text())
+    cameras = camera_doc["frames"]
+    verts = np.stack([v.numpy() for v, _ in meshes]).astype(np.float64)
+    mode = "rig" if (folder / "pose.json").is_file() else "morph"
+    if mode == "rig":
+        frame_size = (int(camera_doc["width"]), int(camera_doc["height"]))
+        verts = np.stack([canonical_from_world(v, c, frame_size) for v, c in zip(verts, cameras)])
     masks = np.stack([read_annotation(folder / "masks" / f"{t:05d}.png") > 0 for t in range(T)])
     parts = np.stack([read_annotation(folder / "parts" / f"{t:05d}.png") for t in range(T)])
     stride = int(report.get("settings", {}).get("input", {}).get("stride", 1))
-    return RunOutputs(np.stack([v.numpy() for v, _ in meshes]).astype(np.float64), meshes[0][1].numpy(), cameras,
-                      masks, parts, np.arange(T) * stride, report)
+    return RunOutputs(verts, meshes[0][1].numpy(), cameras, masks, parts, np.arange(T) * stride, report, mode)
 
 
 def score_2d(run: RunOutputs, gt_masks: np.ndarray, distances=DISTANCES) -> dict:
@@ -130,49 +145,47 @@ def score_2d(run: RunOutputs, gt_masks: np.ndarray, distances=DISTANCES) -> dict
 
 
 @lru_cache(maxsize=4)
-def keypoint_weights(checkpoint: str) -> np.ndarray:
-    """(K, V) softmax(vert2kp_logits) of a predictor checkpoint ("" = the shipped weights).
+def keypoint_weights(checkpoint: str) -> np.ndarray | None:
+    """(K, V) keypoint weights of a predictor checkpoint ("" = the shipped weights): softmax(vert2kp_logits) of the
+    free-form predictor, the template's kp_regressor of the articulated one; None when it has neither.
 
     The adaptation does not touch the keypoint assignment (no loss uses it), so the checkpoint's serves both methods.
     """
-    from mesh_recon.checkpoint import load_predictor
+    from birdmesh.checkpoint import read_checkpoint
+    from mesh_recon.checkpoint import DEFAULT_WEIGHTS
 
-    model, _ = load_predictor(checkpoint or None, "cpu")
-    return torch.softmax(model.vert2kp_logits.detach().double(), dim=1).numpy()
+    state = read_checkpoint(checkpoint or DEFAULT_WEIGHTS)["state_dict"]  # no model built: only one tensor is needed
+    if "vert2kp_logits" in state:
+        return torch.softmax(state["vert2kp_logits"].double(), dim=1).numpy()
+    if "template.kp_regressor" in state:
+        return state["template.kp_regressor"].double().numpy()
+    return None
 
 
-def score_3d(run: RunOutputs, gt: dict, gt_masks: np.ndarray, vert2kp: np.ndarray | None, num_points: int = 2000,
-             icp_iterations: int = 30) -> dict:
-    """Chamfer-L2 / F-score per frame after alignment (``metrics3d``) and PCK@0.1 against synthetic ground truth.
+def score_run(seq: EvalSequence, run: RunOutputs, distances=DISTANCES, num_points: int = 2000) -> dict:
+    """Every score of one read run: ``score_2d``, mesh quality and, on synthetic videos, ``scores3d.score_3d``.
 
-    Args:
-        gt: arrays of gt/<name>.npz already indexed by ``run.frame_index`` (verts_camera (T, Vg, 3),
-            keypoints (T, K, 3)) plus faces (Fg, 3); gt_masks: (T, H, W) bool; vert2kp: (K, V) or None (no PCK).
+    Returns:
+        {"row": flat dict, "per_frame": {name: list}, "gt_masks": (T, H, W) bool, "gt3d": ``load_gt3d`` or None}.
     """
-    chamfer, fscore = [], []
-    for t in range(len(run.verts)):
-        gt_points = sample_surface(gt["verts_camera"][t], gt["faces"], num_points, seed=t)
-        pred_points = camera_frame_points(sample_surface(run.verts[t], run.faces, num_points, seed=t), run.cameras[t])
-        scores = shape_scores(pred_points, gt_points, iterations=icp_iterations)
-        chamfer.append(scores.chamfer)
-        fscore.append(scores.fscore)
-    pck_value = float("nan")
-    if vert2kp is not None and vert2kp.shape == (gt["keypoints"].shape[1], run.verts.shape[1]):
-        pred_kp = np.stack([project_to_pixels(vert2kp @ v, c)[:, :2] for v, c in zip(run.verts, run.cameras)])
-        gt_kp = gt["keypoints"]
-        pck_value = pck(pred_kp, gt_kp[..., :2], gt_kp[..., 2] > 0.5, bbox_size_from_mask(gt_masks), 0.1)
-    row = {"chamfer_l2": float(np.mean(chamfer)), "fscore_5pct": float(np.mean(fscore)), "pck_0.1": pck_value}
-    return {"row": row, "per_frame": {"chamfer_l2": chamfer, "fscore_5pct": fscore}}
-
-
-def load_gt3d(path: Path, frame_index: np.ndarray) -> dict:
-    """The synthetic ground truth needed for ``score_3d``, at the run's frames."""
-    with np.load(path) as data:
-        missing = {"verts_camera", "faces", "keypoints"} - set(data.files)
-        if missing:
-            raise UserError(f"{path}: missing ground-truth arrays {sorted(missing)}")
-        return {"verts_camera": data["verts_camera"][frame_index].astype(np.float64),
-                "keypoints": data["keypoints"][frame_index].astype(np.float64), "faces": data["faces"]}
+    if run.frame_index[-1] >= len(seq.annotations):
+        raise UserError(f"{seq.name}: the run has more frames than the {len(seq.annotations)} annotations")
+    gt_masks = np.stack([read_annotation(seq.annotations[i]) > 0 for i in run.frame_index])
+    if gt_masks.shape[1:] != run.masks.shape[1:]:
+        raise UserError(f"{seq.name}: annotations are {gt_masks.shape[2]}x{gt_masks.shape[1]} but the exported "
+                        f"masks {run.masks.shape[2]}x{run.masks.shape[1]}")
+    scored = score_2d(run, gt_masks, distances)
+    quality = quality_row(run.verts, run.faces)
+    scored["row"].update(quality["row"])
+    scored["per_frame"].update(quality["per_frame"])
+    gt3d = None
+    if seq.gt3d is not None:
+        gt3d = load_gt3d(seq.gt3d, run.frame_index)
+        checkpoint = run.report.get("settings", {}).get("predictor", {}).get("checkpoint", "")
+        three = score_3d(run.verts, run.faces, run.cameras, gt3d, gt_masks, keypoint_weights(checkpoint), num_points)
+        scored["row"].update(three["row"])
+        scored["per_frame"].update(three["per_frame"])
+    return {**scored, "gt_masks": gt_masks, "gt3d": gt3d}
 
 
 def evaluate_sequence(seq: EvalSequence, runs_dir: Path, pipeline_args: list[str], distances=DISTANCES,
@@ -180,45 +193,46 @@ def evaluate_sequence(seq: EvalSequence, runs_dir: Path, pipeline_args: list[str
     """Run both methods on one sequence and score them.
 
     Returns:
-        {"rows": [one flat dict per method], "per_frame": {method: {...}}, "sheet": [(title, (h, w, 3) uint8)]}.
+        {"rows": [one flat dict per method], "per_frame": {method: {...}},
+        "sheet": ``contact_cells`` rows [[(title, (h, w, 3) uint8), ...], ...]}.
     """
     rows, per_frame, runs = [], {}, {}
     for method in METHODS:
         out = runs_dir / method
         run_pipeline(seq, method, out, pipeline_args)
         run = runs[method] = read_run(out)
-        if run.frame_index[-1] >= len(seq.annotations):
-            raise UserError(f"{seq.name}: the run has more frames than the {len(seq.annotations)} annotations")
-        gt_masks = np.stack([read_annotation(seq.annotations[i]) > 0 for i in run.frame_index])
-        if gt_masks.shape[1:] != run.masks.shape[1:]:
-            raise UserError(f"{seq.name}: annotations are {gt_masks.shape[2]}x{gt_masks.shape[1]} but the exported "
-                            f"masks {run.masks.shape[2]}x{run.masks.shape[1]}")
-        scored = score_2d(run, gt_masks, distances)
-        if seq.gt3d is not None:
-            checkpoint = run.report.get("settings", {}).get("predictor", {}).get("checkpoint", "")
-            three = score_3d(run, load_gt3d(seq.gt3d, run.frame_index), gt_masks, keypoint_weights(checkpoint),
-                             num_points)
-            scored["row"].update(three["row"])
-            scored["per_frame"].update(three["per_frame"])
+        scored = score_run(seq, run, distances, num_points)
         rows.append({"dataset": seq.dataset, "sequence": seq.name, "method": method, **scored["row"]})
         per_frame[method] = scored["per_frame"]
         print(f"{seq.dataset}/{seq.name} {method}: " + ", ".join(
-            f"{k} {v:.3f}" for k, v in scored["row"].items() if k in ("iou", "cons_d1", "part_accuracy", "chamfer_l2")),
-            flush=True)
-    return {"rows": rows, "per_frame": per_frame, "sheet": contact_cells(seq, runs, gt_masks)}
+            f"{k} {v:.3f}" for k, v in scored["row"].items()
+            if k in ("iou", "cons_d1", "part_accuracy", "chamfer_cam", "fscore_cam", "normal_deg")), flush=True)
+    return {"rows": rows, "per_frame": per_frame, "sheet": contact_cells(seq, runs, scored["gt_masks"],
+                                                                         scored["gt3d"])}
 
 
-def contact_cells(seq: EvalSequence, runs: dict, gt_masks: np.ndarray) -> list:
-    """``SHEET_FRAMES`` evenly spaced frames with the GT and each method's silhouette outlined."""
+def contact_cells(seq: EvalSequence, runs: dict, gt_masks: np.ndarray, gt3d: dict | None = None) -> list:
+    """``SHEET_FRAMES`` evenly spaced frames, one row each: the frame with the GT and each method's silhouette
+    outlined, then each method's mesh (and the true one, given ``gt3d``) from its camera, the side and above.
+
+    Args:
+        runs: method -> RunOutputs (same frames); gt_masks: (T, H, W) bool; gt3d: ``load_gt3d`` at those frames.
+    Returns:
+        [[(title, (h, w, 3) uint8), ...] per picked frame] (``report.save_contact_sheet``).
+    """
     T = min(len(r.verts) for r in runs.values())
     picks = sorted(set(np.linspace(0, T - 1, min(SHEET_FRAMES, T)).round().astype(int).tolist()))
     frame_index = next(iter(runs.values())).frame_index
-    cells = []
+    rows = []
     for t in picks:
         frame = read_image(seq.frames[frame_index[t]])
         cell = report_io.overlay_masks(frame, gt_masks[t], {m: r.masks[t] for m, r in runs.items()})
-        cells.append((f"{seq.name} t={frame_index[t]}", cell))
-    return cells
+        meshes = {m: (camera_frame_verts(r.verts[t:t + 1], r.cameras[t:t + 1])[0], r.faces,
+                      report_io.METHOD_COLOURS.get(m, (200, 200, 0))) for m, r in runs.items()}
+        if gt3d is not None:  # already in the camera frame, in the same pixels
+            meshes["GT"] = (gt3d["verts_camera"][t], gt3d["faces"], report_io.GT_COLOUR)
+        rows.append([(f"{seq.name} t={frame_index[t]}", cell), *mesh_view_tiles(meshes)])
+    return rows
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -105,3 +105,18 @@ def export_rigged(out_dir: Path, pred: ArticulatedPrediction, template: SkinnedT
     write_pose_json(out_dir / "pose.json", joint_names=AVIAN_JOINT_NAMES, fps=fps, **motion)
     write_cameras(out_dir / "cameras.json", camera_entries, fps, frame_size)
     return {"animation": out_dir / "animation.glb", "pose": out_dir / "pose.json", "meshes": out_dir / "meshes"}
+
+
+def canonical_from_world(world, camera: dict, frame_size: tuple[int, int]) -> np.ndarray:
+    """Undo the placement of a rig-mode OBJ: world points (V, 3) of one frame -> canonical points (V, 3), given that
+    frame's cameras.json entry {"rotation", "scale", "translation"} and the original (W, H).
+
+    world = (scale (R X)[:2] + translation - centre, scale (R X)[2]) / H with centre ((W - 1) / 2, (H - 1) / 2), so
+    R X = (H world[:2] - translation + centre, H world[2]) / scale.
+    """
+    W, H = frame_size
+    world = np.asarray(world, dtype=np.float64)
+    centre = np.array([(W - 1) / 2, (H - 1) / 2])
+    rotated = np.concatenate([H * world[:, :2] - np.asarray(camera["translation"], dtype=np.float64) + centre,
+                              H * world[:, 2:]], 1) / float(camera["scale"])
+    return rotated @ np.asarray(camera["rotation"], dtype=np.float64)

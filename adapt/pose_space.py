@@ -37,7 +37,7 @@ def face_pairs(faces: Tensor) -> Tensor:
     edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).sort(dim=1).values
     owner = torch.arange(len(faces), device=faces.device).repeat(3)
     key = edges[:, 0] * (int(edges.max()) + 1) + edges[:, 1]
-    key, order = key.sort()
+    key, order = key.sort(stable=True)
     owner = owner[order]
     _, counts = torch.unique_consecutive(key, return_counts=True)
     starts = torch.cumsum(counts, 0) - counts

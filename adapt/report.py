@@ -9,18 +9,30 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .mesh_views import TILE  # contact-sheet cell height: mesh tiles are TILE x TILE
+
 METHOD_COLOURS = {"adapted": (220, 40, 40), "framewise": (40, 90, 230)}  # RGB; ground truth is green
 GT_COLOUR = (40, 200, 60)
-CELL_WIDTH = 320
+OVERLAY_BOX = (TILE, 2 * TILE)  # (h, w) the frame with outlines is fitted into
+LABEL_BAND, GAP = 18, 4  # pixels: title band above each cell, white gap between cells
+SHEET_LEGEND = ("outlines: green ground truth, red adapted, blue frame-wise; meshes: each with its own camera",
+                "side: turned 90 deg about the image's vertical axis (camera on the left); top: 90 deg about its "
+                "horizontal axis (seen from above, camera at the bottom)")
 
-# Metric key -> (label in summary.md, higher is better).
+# Metric key -> (label in summary.md, higher is better; None: informative, compared with the ground truth).
 METRICS = {
     "iou": ("silhouette IoU", True),
     "part_accuracy": ("part consistency, accuracy", True),
     "part_miou": ("part consistency, mean IoU", True),
-    "chamfer_l2": ("Chamfer-L2 / size^2", False),
-    "fscore_5pct": ("F-score @ 5% size", True),
+    "chamfer_cam": ("Chamfer, camera frame / size (the 3-D metric)", False),
+    "fscore_cam": ("F-score @ 5% size, camera frame", True),
+    "chamfer_icp": ("Chamfer-L2 / size^2, ICP-aligned", False),
+    "fscore_icp": ("F-score @ 5% size, ICP-aligned", True),
     "pck_0.1": ("keypoint PCK@0.1", True),
+    "normal_deg": ("mesh quality: adjacent-normal angle (deg)", None),
+    "folded": ("mesh quality: share of edges folded > 90 deg", None),
+    "gt_normal_deg": ("ground truth: adjacent-normal angle (deg)", None),
+    "gt_folded": ("ground truth: share of edges folded > 90 deg", None),
     "time_per_frame_s": ("runtime per frame (s)", False),
 }
 
@@ -80,7 +92,7 @@ def _fmt(value: float) -> str:
 def mean_table(rows: list[dict], distances) -> list[str]:
     """Markdown table: metric | adapted | frame-wise | change (relative for Chamfer and time) | better?"""
     lines = ["| metric | adapted | frame-wise | adapted − frame-wise | adapted better |", "|---|---|---|---|---|"]
-    for key in metric_keys(rows, distances):
+    for key in [k for k in metric_keys(rows, distances) if not k.startswith("gt_")]:  # quality_table has those
         means = mean_by_method(rows, key)
         a, f = means.get("adapted", math.nan), means.get("framewise", math.nan)
         diff, better = a - f, "–"
@@ -91,9 +103,11 @@ def mean_table(rows: list[dict], distances) -> list[str]:
 
 
 def per_sequence_table(rows: list[dict], distances) -> list[str]:
-    keys = [k for k in metric_keys(rows, distances) if not k.startswith("time")] + ["time_per_frame_s"]
-    short = {"iou": "IoU", "part_accuracy": "part acc", "part_miou": "part mIoU", "chamfer_l2": "Chamfer",
-             "fscore_5pct": "F@5%", "pck_0.1": "PCK", "time_per_frame_s": "s/frame"}
+    keys = [k for k in metric_keys(rows, distances) if not k.startswith(("time", "gt_"))] + ["time_per_frame_s"]
+    short = {"iou": "IoU", "part_accuracy": "part acc", "part_miou": "part mIoU", "chamfer_cam": "CD cam",
+             "fscore_cam": "F@5% cam", "chamfer_icp": "CD-L2 ICP", "fscore_icp": "F@5% ICP", "pck_0.1": "PCK",
+             "normal_deg": "normal°", "folded": "folded", "gt_normal_deg": "GT normal°", "gt_folded": "GT folded",
+             "time_per_frame_s": "s/frame"}
     head = [short.get(k, f"cons@{k[6:]}" if k.startswith("cons_d") else k) for k in keys]
     lines = ["| sequence | method | frames | " + " | ".join(head) + " |", "|---|---|---|" + "---|" * len(keys)]
     for r in rows:
@@ -104,7 +118,7 @@ def per_sequence_table(rows: list[dict], distances) -> list[str]:
 
 IOU_TARGET, IOU_GAIN_TARGET = 0.80, 0.15  # DAVIS birds: mean adapted IoU, and its lead over frame-wise
 CONSISTENCY_TARGET = {10: 0.70}  # reprojection distance -> minimum mean adapted consistency
-CHAMFER_GAIN_TARGET = 0.30  # synthetic: relative Chamfer-L2 improvement over frame-wise
+CHAMFER_GAIN_TARGET = 0.30  # synthetic: relative camera-frame Chamfer improvement over frame-wise
 
 
 def _verdict(ok: bool | None) -> str:
@@ -114,7 +128,7 @@ def _verdict(ok: bool | None) -> str:
 def target_lines(rows: list[dict], distances) -> list[str]:
     """The project's targets, checked. On DAVIS: mean adapted IoU >= 0.80 and >= 0.15 above frame-wise;
     consistency at d = 10 >= 0.70 and, at every other distance, adapted above frame-wise. On synthetic ground
-    truth: Chamfer-L2 at least 30% lower than frame-wise."""
+    truth: camera-frame Chamfer at least 30% lower than frame-wise."""
     lines = []
     davis = [r for r in rows if r["dataset"] == "davis"]
     if davis:
@@ -134,11 +148,11 @@ def target_lines(rows: list[dict], distances) -> list[str]:
                          f"{_verdict(ok if known else None)}")
     synth = [r for r in rows if r["dataset"] == "synthetic"]
     if synth:
-        m = mean_by_method(synth, "chamfer_l2")
+        m = mean_by_method(synth, "chamfer_cam")
         a, f = m.get("adapted", math.nan), m.get("framewise", math.nan)
         gain = 1 - a / f if math.isfinite(a) and math.isfinite(f) and f > 0 else math.nan
         verdict = "n/a" if not math.isfinite(gain) else _verdict(gain >= CHAMFER_GAIN_TARGET)
-        lines.append(f"- synthetic Chamfer-L2: adapted {_fmt(a)} vs frame-wise {_fmt(f)}, improvement "
+        lines.append(f"- synthetic camera-frame Chamfer: adapted {_fmt(a)} vs frame-wise {_fmt(f)}, improvement "
                      f"{'–' if not math.isfinite(gain) else f'{100 * gain:.1f}'}% (target >= "
                      f"{100 * CHAMFER_GAIN_TARGET:.0f}%): {verdict}")
     return lines
@@ -152,16 +166,48 @@ DEFINITIONS = """## How each number is made
   where it is the visible vertex nearest the pixel); that one labelling is rendered on every frame's mesh and
   compared with parts/%05d.png where both the render and the propagated object cover the pixel. Accuracy is the
   mean per-frame share of agreeing pixels; mean IoU averages per-part IoU over parts.
-- **Chamfer-L2, F-score** (synthetic): 2000 area-weighted surface samples per mesh in the camera frame (pixels);
-  the predicted points get the GT's mean depth (weak perspective leaves it free), then a similarity ICP (Umeyama
-  on nearest neighbours both ways, 30 steps). Chamfer = sum of both mean squared nearest distances, in units of
-  the GT bounding-box diagonal squared; F-score threshold 5% of that diagonal.
-- **PCK@0.1** (synthetic): the predictor checkpoint's softmax(vert2kp) @ verts projected with the exported
-  camera vs the visible GT keypoints, threshold 0.1 x the GT mask's bounding-box longer side.
+- **Chamfer, F-score, camera frame** (synthetic; the project's 3-D metric, `birdmesh.shape_metrics`): per frame
+  each mesh goes to the camera frame with its own camera, P = s (R X) + [tx, ty, 0] in the frame's pixels
+  (cameras.json for the prediction, the true camera for the truth); 5000 area-weighted samples each; only the
+  mean depth difference is removed, nothing is fitted, so a mesh seen from the wrong side or flat towards the
+  camera scores what it looks like from the side. Chamfer = (mean predicted->true nearest distance + the
+  converse) / 2 over the GT bounding-box diagonal; F-score threshold 5% of that diagonal.
+- **Chamfer-L2, F-score, ICP-aligned** (synthetic, for comparison with earlier runs): 2000 samples per mesh in
+  the camera frame, then a similarity ICP (Umeyama on nearest neighbours both ways, 30 steps) that fits scale,
+  rotation and translation. Chamfer = sum of both mean squared nearest distances / GT diagonal squared.
+- **mesh quality** (every run, and the ground truth): mean angle between the normals of faces sharing an edge,
+  and the share of such edges whose normals differ by more than 90 degrees (folds, spikes); mean over frames.
+- **PCK@0.1** (synthetic): the predictor checkpoint's keypoint weights (softmax(vert2kp), or the articulated
+  template's kp_regressor) @ verts projected with the exported camera vs the visible GT keypoints, threshold
+  0.1 x the GT mask's bounding-box longer side.
 - **runtime**: report.json timings_s summed (and per stage in results.csv), divided by frames. The two runs of a
   sequence share one propagation (`adapt.run --cache`): the run that reused it (report.json `propagation_reused`)
   shows the cache load in its propagate stage, as does every run when `--cache` already held the sequence.
 """
+
+
+def quality_table(rows: list[dict]) -> list[str]:
+    """Markdown: mesh quality per sequence of each method beside the ground truth's (– on DAVIS), then the mean
+    over sequences per dataset."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    keys = [f"{m}:{k}" for k in ("normal_deg", "folded") for m in methods + ["gt"]]
+    head = [f"{'GT' if m == 'gt' else m} {'normal°' if k == 'normal_deg' else 'folded'}"
+            for m, k in (key.split(":") for key in keys)]
+    lines = ["| sequence | " + " | ".join(head) + " |", "|---|" + "---|" * len(keys)]
+
+    def value(subset: list[dict], key: str) -> float:
+        method, metric = key.split(":")
+        if method == "gt":  # the same truth beside every method: take the first row's
+            return mean_by_method(subset, "gt_" + metric).get(subset[0]["method"], math.nan)
+        return mean_by_method(subset, metric).get(method, math.nan)
+
+    groups = {f"{r['dataset']}/{r['sequence']}": [x for x in rows if (x["dataset"], x["sequence"]) ==
+                                                  (r["dataset"], r["sequence"])] for r in rows}
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        groups[f"**{dataset} mean**"] = [r for r in rows if r["dataset"] == dataset]
+    for name, subset in groups.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(value(subset, k)) for k in keys) + " |")
+    return lines
 
 
 def summary_markdown(rows: list[dict], distances, meta: dict) -> str:
@@ -175,25 +221,35 @@ def summary_markdown(rows: list[dict], distances, meta: dict) -> str:
         count = len({r["sequence"] for r in subset})
         title = f"## {dataset}: mean over {count} sequence{'s' * (count != 1)}"
         parts += [title, "", *mean_table(subset, distances), ""]
-    parts += ["## Per sequence", "", *per_sequence_table(rows, distances), "", DEFINITIONS,
+    parts += ["## Per sequence", "", *per_sequence_table(rows, distances), ""]
+    if any("normal_deg" in r for r in rows):
+        parts += ["## Mesh quality (lower: smoother; the ground truth's own figures beside)", "",
+                  *quality_table(rows), ""]
+    parts += [DEFINITIONS,
               "## Plots", "![IoU per frame](iou_per_frame.png)", "", "![consistency vs d](consistency.png)", "",
-              "![contact sheet: green GT, red adapted, blue frame-wise](contact_sheet.png)", ""]
+              "![contact sheet: frames with outlines (green GT, red adapted, blue frame-wise), then each mesh from its "
+              "camera, the side and above](contact_sheet.png)", ""]
     return "\n".join(parts)
 
 
 def overlay_masks(frame: np.ndarray, gt_mask: np.ndarray, masks: dict[str, np.ndarray],
-                  width: int = CELL_WIDTH) -> np.ndarray:
-    """A frame (H, W, 3) uint8 with the GT (green) and each method's silhouette outlined, scaled to ``width``."""
+                  box: tuple[int, int] = OVERLAY_BOX) -> np.ndarray:
+    """A frame (H, W, 3) uint8 with the GT (green) and each method's silhouette outlined, scaled to fit ``box``
+    (h, w) and centred on a dark band: (h, w, 3) uint8."""
     H, W = frame.shape[:2]
-    size = (width, max(1, round(H * width / W)))
+    ratio = min(box[0] / H, box[1] / W)
+    size = (max(1, round(W * ratio)), max(1, round(H * ratio)))
     cell = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
     # The ground truth drawn thicker and first: where a method matches it, a green band stays visible.
     outlines = [(gt_mask, GT_COLOUR)] + [(m, METHOD_COLOURS.get(k, (255, 255, 0))) for k, m in masks.items()]
     for i, (mask, colour) in enumerate(outlines):
         small = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
         contours, _ = cv2.findContours(small, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(cell, contours, -1, colour, 3 if i == 0 else 2)
-    return cell
+        cv2.drawContours(cell, contours, -1, colour, 2 if i == 0 else 1)
+    out = np.full((*box, 3), 30, np.uint8)
+    top, left = (box[0] - size[1]) // 2, (box[1] - size[0]) // 2
+    out[top:top + size[1], left:left + size[0]] = cell
+    return out
 
 
 def _pyplot():
@@ -249,21 +305,37 @@ def plot_consistency(path: Path, rows: list[dict], distances) -> None:
     plt.close(fig)
 
 
+def titled(title: str, image: np.ndarray) -> np.ndarray:
+    """(h, w, 3) uint8 -> (LABEL_BAND + h, w, 3) with ``title`` in white on black above (cut to the width)."""
+    band = np.zeros((LABEL_BAND, image.shape[1], 3), np.uint8)
+    cv2.putText(band, title, (3, LABEL_BAND - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.concatenate([band, image], 0)
+
+
+def contact_sheet_image(rows_of_cells: list[list]) -> np.ndarray:
+    """Rows of titled cells ((title, (h, w, 3) uint8), one height per row) under a legend band, left-aligned with
+    ``GAP`` white pixels between cells and rows: (H, W, 3) uint8."""
+    rows = []
+    for cells in rows_of_cells:
+        pieces = [titled(title, image) for title, image in cells]
+        gap = np.full((pieces[0].shape[0], GAP, 3), 255, np.uint8)
+        rows.append(np.concatenate([p for piece in pieces for p in (piece, gap)][:-1], 1))
+    width = max(r.shape[1] for r in rows)
+    legend = np.zeros((2 * LABEL_BAND, width, 3), np.uint8)
+    for i, line in enumerate(SHEET_LEGEND):
+        cv2.putText(legend, line, (3, (i + 1) * LABEL_BAND - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    out = [legend]
+    for r in rows:
+        padded = np.full((r.shape[0], width, 3), 255, np.uint8)
+        padded[:, :r.shape[1]] = r
+        out += [np.full((GAP, width, 3), 255, np.uint8), padded]
+    return np.concatenate(out, 0)
+
+
 def save_contact_sheet(path: Path, rows_of_cells: list[list]) -> None:
-    """A grid of titled (h, w, 3) uint8 cells, one row per sequence."""
-    plt = _pyplot()
-    n_rows, n_cols = len(rows_of_cells), max(len(r) for r in rows_of_cells)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols, 2.2 * n_rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for i, cells in enumerate(rows_of_cells):
-        for j, (title, image) in enumerate(cells):
-            axes[i, j].imshow(image)
-            axes[i, j].set_title(title, fontsize=8)
-    fig.suptitle("green: ground truth   red: adapted   blue: frame-wise", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    """contact_sheet_image as a PNG."""
+    cv2.imwrite(str(path), cv2.cvtColor(contact_sheet_image(rows_of_cells), cv2.COLOR_RGB2BGR))
 
 
 def _json_safe(x):
@@ -289,4 +361,4 @@ def write_all(folder: Path, results: list[dict], distances, meta: dict) -> None:
     (folder / "scores.json").write_text(json.dumps(_json_safe({"rows": rows, "per_frame": per_frame})))
     plot_iou_per_frame(folder / "iou_per_frame.png", results)
     plot_consistency(folder / "consistency.png", rows, distances)
-    save_contact_sheet(folder / "contact_sheet.png", [res["sheet"] for res in results])
+    save_contact_sheet(folder / "contact_sheet.png", [row for res in results for row in res["sheet"]])

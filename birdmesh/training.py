@@ -5,6 +5,7 @@ import argparse
 import csv
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -25,10 +26,12 @@ def linear_decay_lr(step: int, lr: float, decay_start: float, end: int, final_fa
     return lr * (1 - progress * (1 - final_factor))
 
 
-def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
+def setup_distributed(device_name: str, timeout: timedelta | None = None) -> tuple[int, int, torch.device]:
     """(rank, world size, device) from torchrun's environment; starts the process group when world > 1.
 
-    gloo on CPU, nccl on CUDA (one GPU per local rank). A plain ``python -m`` run is rank 0 of 1.
+    gloo on CPU, nccl on CUDA (one GPU per local rank). A plain ``python -m`` run is rank 0 of 1. ``timeout``: how
+    long a collective may wait for the other ranks (None: torch's default, 30 min for gloo); jobs whose ranks meet
+    only at the end (``adapt.batch``) need far longer.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -37,7 +40,7 @@ def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     return rank, world, device
 
 

@@ -1,4 +1,4 @@
-"""Command line of ``python -m mesh_recon.synth``: write synthetic images, videos or the demo clip.
+"""Command line of ``python -m mesh_recon.synth``: synthetic images, videos, the flight benchmark or the demo clip.
 
 Every command prints its config, writes into a temporary folder renamed into place on success, and saves
 ``config.yaml`` beside the outputs. Same arguments and seed give byte-identical data files.
@@ -22,6 +22,9 @@ from birdmesh.outdir import atomic_output_dir
 
 from .bird_motion import MOTIONS
 from .synth import SynthSettings, batch_to_arrays, generate_batch, write_shard
+from .synth_background import davis_sequences
+from .synth_flight import generate_flight_clip
+from .synth_flight_plan import FlightSettings, plan_clip
 from .synth_video import VideoSettings, generate_video, save_npz, write_mask_png
 
 CHUNK = 64  # samples rendered together (memory ~ CHUNK * S^2 * 30 floats)
@@ -51,6 +54,17 @@ class VideosJob:
     crf: int = 18  # x264 quality of the mp4 files
     overwrite: bool = False
     video: VideoSettings = field(default_factory=VideoSettings)
+
+
+@dataclass(frozen=True)
+class FlightJob:
+    n: int = 12  # number of clips (clip i follows PROFILES[i % 12] of synth_flight_plan)
+    out: str = ""
+    seed: int = 0  # clip i depends only on (seed, i)
+    data: str = ""
+    crf: int = 18
+    overwrite: bool = False
+    flight: FlightSettings = field(default_factory=FlightSettings)
 
 
 def _limit_threads() -> None:
@@ -131,6 +145,34 @@ def run_videos(job: VideosJob) -> None:
         (tmp / "ImageSets" / "synth.txt").write_text("\n".join(names) + "\n")
 
 
+def run_flight(job: FlightJob) -> None:
+    """Render the flight benchmark: DAVIS layout, ``gt/``, ``ImageSets/flight.txt`` (and the same list as
+    ``synth.txt``, the list ``adapt.evaluate --synthetic`` reads) and ``clips.json`` (plans and measured stats)."""
+    st = job.flight
+    if job.n < 1 or (st.frames and st.frames < 2) or st.width < 32 or st.height < 32:
+        raise UserError(f"--n, --frames, --width, --height: expected n >= 1, frames 0 (48-80 per clip) or >= 2 "
+                        f"and a frame of at least 32x32, got {job.n}, {st.frames}, {st.width}x{st.height}")
+    _limit_threads()
+    backgrounds = sorted(davis_sequences(job.data or None))
+    with atomic_output_dir(job.out, overwrite=job.overwrite) as tmp:
+        save_config(job, tmp)
+        clips = []
+        for i in tqdm(range(job.n), unit="clip", desc="synth flight"):
+            plan = plan_clip(i, job.seed, st, backgrounds)
+            clip = generate_flight_clip(plan, st, job.data or None)
+            write_video_outputs(tmp, plan.name, clip, st.fps, job.crf)
+            clips.append({**dataclasses.asdict(plan), "measured": clip.stats})
+        (tmp / "ImageSets").mkdir()
+        names = "\n".join(c["name"] for c in clips) + "\n"
+        for list_name in ("flight.txt", "synth.txt"):
+            (tmp / "ImageSets" / list_name).write_text(names)
+        head = {"version": 1, "seed": job.seed, "width": st.width, "height": st.height, "fps": st.fps,
+                "units": "speed, pan: frame widths per frame; size: bounding-sphere diameter in frame heights; "
+                         "times: frames; measured sizes and speeds: pixels"}
+        lines = ",\n".join(json.dumps(c) for c in clips)  # one clip a line: the file reads as a table
+        (tmp / "clips.json").write_text(json.dumps(head)[:-1] + ', "clips": [\n' + lines + "\n]}\n")
+
+
 def run_demo(out: str, seed: int, frames: int, width: int, height: int, motion: str, background: str,
              data: str, overwrite: bool = False) -> None:
     """The bundled demo: ``demo_bird.mp4`` and its first-frame mask ``demo_bird_mask.png`` (plus the full
@@ -164,13 +206,18 @@ def _parser() -> argparse.ArgumentParser:
     videos.add_argument("--height", type=int, default=480)
     videos.add_argument("--fps", type=float, default=24.0)
     videos.add_argument("--motions", default=",".join(MOTIONS))
+    flight = sub.add_parser("flight", help="flight benchmark: fast, panned, blurred clips with distractors")
+    flight.add_argument("--n", type=int, default=12)
+    flight.add_argument("--frames", type=int, default=0, help="frames per clip (0 = 48-80, drawn per clip)")
+    flight.add_argument("--width", type=int, default=854)
+    flight.add_argument("--height", type=int, default=480)
     demo = sub.add_parser("demo", help="the bundled demo clip (demo_bird.mp4 + first-frame mask)")
     demo.add_argument("--frames", type=int, default=48)
     demo.add_argument("--width", type=int, default=480)
     demo.add_argument("--height", type=int, default=270)
     demo.add_argument("--motion", default="peck", choices=MOTIONS)
     demo.add_argument("--background", default="soccerball", help="DAVIS train sequence behind the bird")
-    for p in (images, videos, demo):
+    for p in (images, videos, flight, demo):
         p.add_argument("--out", required=True, help="output folder (must not exist)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--data", default="", help="shared data folder (default: $BIRDMESH_DATA or ../shared/data)")
@@ -192,6 +239,12 @@ def main(argv: list[str] | None = None) -> None:
                         data=args.data, overwrite=args.overwrite, video=video)
         print(format_config(job), end="")
         run_videos(job)
+    elif args.command == "flight":
+        settings = dataclasses.replace(FlightSettings(), width=args.width, height=args.height, frames=args.frames)
+        job = FlightJob(n=args.n, out=args.out, seed=args.seed, data=args.data, overwrite=args.overwrite,
+                        flight=settings)
+        print(format_config(job), end="")
+        run_flight(job)
     else:
         run_demo(args.out, args.seed, args.frames, args.width, args.height, args.motion, args.background, args.data,
                  args.overwrite)

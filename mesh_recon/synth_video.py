@@ -165,8 +165,15 @@ def generate_video(index: int, seed: int, num_frames: int, kind: str | None = No
     return SynthVideo(frames, masks, gt)
 
 
-def _render_frame(model, look, verts_px, verts_rot, kp_px, kp_rot, light, ambient, W: int, H: int):
-    """Render one frame inside the bird's pixel box only (cheap at 854x480); returns full-frame rgb, mask, kp vis."""
+def render_bird_box(model, look, verts_px, verts_rot, kp_px, kp_rot, light, ambient, W: int, H: int):
+    """Render one bird inside its pixel box only (cheap at 854x480).
+
+    Args:
+        verts_px, kp_px: (V, 3), (12, 3) pixel x, y (depth unused); verts_rot, kp_rot: the same rotated points in
+        canonical units (their z feeds the z-buffer); light (1, 3), ambient (1,); W, H: frame size.
+    Returns:
+        (x0, y0) of the box in the frame, rgb (h, w, 3) float [0, 1], mask (h, w) float 0/1, kp_vis (12,) bool.
+    """
     lo = np.clip(np.floor(verts_px[:, :2].min(0)) - 2, 0, [W - 1, H - 1]).astype(int)
     hi = np.clip(np.ceil(verts_px[:, :2].max(0)) + 3, lo + 1, [W, H]).astype(int)
     (x0, y0), (cw, ch) = lo, hi - lo
@@ -179,10 +186,18 @@ def _render_frame(model, look, verts_px, verts_rot, kp_px, kp_rot, light, ambien
     out = render_birds(verts_ndc, kp_ndc, torch.from_numpy(verts_rot)[None].float(), model.faces,
                        model.verts.float(), [look], torch.from_numpy(light), torch.from_numpy(ambient),
                        (int(ch), int(cw)))
+    return (int(x0), int(y0)), out.rgb[0].permute(1, 2, 0).numpy(), out.mask[0, 0].numpy(), out.kp_vis[0].numpy()
+
+
+def _render_frame(model, look, verts_px, verts_rot, kp_px, kp_rot, light, ambient, W: int, H: int):
+    """Full-frame rgb (H, W, 3), mask (H, W) and kp vis (12,) of one bird (rendered in its box)."""
+    (x0, y0), rgb_box, mask_box, kp_vis = render_bird_box(model, look, verts_px, verts_rot, kp_px, kp_rot, light,
+                                                          ambient, W, H)
+    ch, cw = mask_box.shape
     rgb, mask = np.zeros((H, W, 3), np.float32), np.zeros((H, W), np.float32)
-    rgb[y0:y0 + ch, x0:x0 + cw] = out.rgb[0].permute(1, 2, 0).numpy()
-    mask[y0:y0 + ch, x0:x0 + cw] = out.mask[0, 0].numpy()
-    return rgb, mask, out.kp_vis[0].numpy()
+    rgb[y0:y0 + ch, x0:x0 + cw] = rgb_box
+    mask[y0:y0 + ch, x0:x0 + cw] = mask_box
+    return rgb, mask, kp_vis
 
 
 def save_npz(path: Path, arrays: dict) -> None:

@@ -224,7 +224,7 @@ def test_cli_scores_a_perfect_and_a_drifting_run(tmp_path, monkeypatch):
         assert float(good["part_accuracy"]) == 1.0 and float(drifting["part_accuracy"]) < 1.0
         assert np.isclose(float(good["time_per_frame_s"]), 1.8 / T)
     synth = rows["synthetic", "adapted"]
-    assert float(synth["chamfer_l2"]) < 1e-9 and float(synth["fscore_5pct"]) == 1.0 and float(synth["pck_0.1"]) == 1.0
+    assert float(synth["chamfer_icp"]) < 1e-9 and float(synth["fscore_icp"]) == 1.0 and float(synth["pck_0.1"]) == 1.0
     assert float(rows["synthetic", "framewise"]["pck_0.1"]) < 0.5  # the spin carries the keypoint vertices away
     summary = (out / "summary.md").read_text()
     assert "DAVIS reprojection consistency, d=1: adapted 1.0000 vs frame-wise" in summary and ": met" in summary

@@ -9,6 +9,8 @@ import pytest
 import torch
 from blender_tools import run_blender, skip_without_bpy
 
+from adapt.export import project_to_pixels
+from adapt.export_articulated import canonical_from_world
 from adapt.export_gltf import split_uv_seams
 from adapt.export_rig import AVIAN_JOINT_NAMES
 from adapt.inputs import DEMO_MASK, DEMO_VIDEO
@@ -79,6 +81,11 @@ def test_objs_place_the_bird_where_the_video_shows_it(run_out):
         v = (H * verts[:, 1] + (H - 1) / 2).round().long().clamp(0, H - 1)
         mask = np.asarray(Image.open(run_out / "masks" / f"{t:05d}.png")) > 0
         assert mask[v.numpy(), u.numpy()].mean() > 0.9  # vertices project inside the exported silhouette
+        # and cameras.json's canonical camera takes the canonical mesh there too
+        canonical = canonical_from_world(verts.numpy(), cameras["frames"][t], (W, H))
+        pixels = project_to_pixels(canonical, cameras["frames"][t])
+        assert np.allclose(pixels[:, 0], H * verts[:, 0].numpy() + (W - 1) / 2, atol=1e-3)
+        assert np.allclose(pixels[:, 1], H * verts[:, 1].numpy() + (H - 1) / 2, atol=1e-3)
 
 
 @pytest.mark.blender

@@ -1,0 +1,113 @@
+"""Tests of the pose-space adaptation: fold term by hand, priors at their means, and the refinement recovering a
+raised wing from silhouettes alone."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from adapt.config import LossWeights, OptimConfig
+from adapt.optimize import VideoCrops, VideoMaps
+from adapt.pose_space import (adjacent_cosines, bone_prior_loss, face_pairs, fold_loss, pose_prior_loss,
+                              refine_pose_space, shape_reference)
+from mesh_recon.articulated import ArticulatedPrediction
+from mesh_recon.bird_model import LEFT_WING, RIGHT_WING, axis_angle_to_matrix, load_bird_model
+from mesh_recon.bird_motion import spread_wing_pose
+from mesh_recon.geometry import rotation_matrix_to_quaternion, weak_perspective_project
+from mesh_recon.render import render_hard
+from mesh_recon.skinned_template import SkinnedTemplate
+from mesh_recon.skinning import matrix_to_axis_angle
+
+LEFT_SHOULDER, LEFT_WRIST = 10, 12
+RAISE = 0.9  # radians (52 degrees)
+
+
+@pytest.fixture(scope="module")
+def template():
+    return SkinnedTemplate.from_bird_model(load_bird_model(), 8)
+
+
+def test_face_pairs_and_fold_by_hand():
+    # two triangles sharing edge (1, 2): flat, then folded by 90 degrees, then folded back onto each other
+    faces = torch.tensor([[0, 1, 2], [2, 1, 3]])
+    assert face_pairs(faces).sort(dim=1).values.tolist() == [[0, 1]]
+    flat = torch.tensor([[[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0]]])
+    bent = torch.tensor([[[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0.5, 0.5, 0.7071]]])
+    pairs = face_pairs(faces)
+    rest = adjacent_cosines(flat[0], faces, pairs)
+    assert torch.allclose(rest, torch.ones(1))
+    assert float(fold_loss(flat, faces, pairs, rest)) == 0.0
+    cos = float(adjacent_cosines(bent[0], faces, pairs))
+    assert math.isclose(float(fold_loss(bent, faces, pairs, rest)), 1 - cos, rel_tol=1e-6)
+
+
+def test_priors_vanish_at_their_means(template):
+    mean = axis_angle_to_matrix(template.prior_pose_mean.reshape(1, 24, 3))
+    assert float(pose_prior_loss(mean, template)) < 1e-8
+    assert float(bone_prior_loss(template.prior_bone_mean[None], template)) < 1e-10
+    raised = matrix_to_axis_angle(mean).clone()
+    raised[0, LEFT_SHOULDER - 1, 1] += 1.0
+    assert float(pose_prior_loss(axis_angle_to_matrix(raised), template)) > 1e-3
+
+
+def _prediction(template: SkinnedTemplate, rotations: torch.Tensor, cams: torch.Tensor) -> ArticulatedPrediction:
+    T, V = len(rotations), template.verts.shape[0]
+    bones = torch.ones(T, 24)
+    verts, joints = template.pose(template.verts, rotations, bones)
+    mean = template.canonical(template.verts)
+    return ArticulatedPrediction(
+        verts=verts, delta_v=verts - mean, cams=cams, uv_flow=torch.zeros(T, 2, 128, 256),
+        kp3d=template.kp_regressor @ verts, vert2kp=template.kp_regressor, mean_verts=mean, faces=template.faces,
+        face_uvs=template.face_uvs, rotations=rotations, bone_scale=bones, residual=torch.zeros(T, V, 3),
+        joints=joints, cam_hypotheses=cams[:, None], cam_logits=torch.zeros(T, 1))
+
+
+def test_refinement_raises_the_wing_the_silhouette_shows(template):  # ~20 s
+    # a bird with spread wings seen from the front; the truth has its left wing raised by 0.9 rad (51.6 degrees)
+    torch.manual_seed(0)
+    T, S = 2, 64
+    pose = template.prior_pose_mean.reshape(24, 3).double().numpy().copy()
+    spread = spread_wing_pose(load_bird_model())
+    for j in LEFT_WING + RIGHT_WING:
+        pose[j - 1] = spread[j - 1]
+    raised = pose.copy()
+    raised[LEFT_SHOULDER - 1] = (Rotation.from_rotvec([0.0, RAISE, 0.0]) * Rotation.from_rotvec(pose[LEFT_SHOULDER - 1])
+                                 ).as_rotvec()  # positive stroke about model +y lifts the left wing
+    start = axis_angle_to_matrix(torch.from_numpy(pose).float()).expand(T, -1, -1, -1).clone()
+    truth = axis_angle_to_matrix(torch.from_numpy(raised).float()).expand(T, -1, -1, -1).clone()
+    # camera rows: image x = the bird's right (-x canonical), image y = down (-z), depth = backwards (+y: -y is forward)
+    front = torch.tensor([[-1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, -1.0, 0.0]])
+    cams = torch.cat([torch.full((T, 1), 0.5), torch.zeros(T, 2), rotation_matrix_to_quaternion(front).expand(T, 4)],
+                     1)
+    gt = _prediction(template, truth, cams)
+    masks = render_hard(weak_perspective_project(gt.verts, cams), template.faces, S).mask
+    crops = VideoCrops(images=torch.rand(T, 3, S, S), masks=masks, parts=torch.cat([1 - masks, masks], 1).half(),
+                       boxes=torch.tensor([[0.0, 0.0, S, S]]).expand(T, 4), valid=torch.ones(T, dtype=torch.bool),
+                       frame_hw=(S, S))
+    maps = VideoMaps(parts=torch.stack([torch.zeros(128, 256), torch.ones(128, 256)]),
+                     texture=torch.zeros(3, 128, 256), base=gt.verts[0])
+    weights = LossWeights(part_map=0.0, part_centre=0.0, texture=0.0)
+    cfg = OptimConfig(refine_iterations=100, refine_lr=0.003, batch_size=T, refine_render_size=S)
+    init = _prediction(template, start, cams)
+    refined, history = refine_pose_space(init, crops, maps, template, cfg, weights)
+
+    def wing_error(pred):  # degrees between the predicted and true left-shoulder rotations
+        rel = pred.rotations[:, LEFT_SHOULDER - 1].transpose(-1, -2) @ truth[:, LEFT_SHOULDER - 1]
+        return float(torch.rad2deg(torch.acos(((rel.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1))).mean())
+
+    def tip_error(pred):  # the left wing tip keypoint (avian keypoint 5), canonical units
+        return float((pred.kp3d[:, 5] - gt.kp3d[:, 5]).norm(dim=-1).mean())
+
+    def wrist_error(pred):
+        return float((pred.joints[:, LEFT_WRIST] - gt.joints[:, LEFT_WRIST]).norm(dim=-1).mean())
+
+    # From one front view the raised tip is recovered in 3-D (measured: 1.36 -> 0.73 canonical units, the bird is
+    # ~2.4 long) mostly by bending the elbow and wrist: the shoulder angle itself is barely observable (51.6 -> 46.9
+    # degrees, wrist joint 0.25 -> 0.21). Without the fold term and priors nothing keeps that bend plausible.
+    assert history[-1]["silhouette"] < 0.7 * history[0]["silhouette"]
+    assert tip_error(refined) < 0.65 * tip_error(init), (tip_error(init), tip_error(refined))
+    assert wrist_error(refined) < wrist_error(init) and wing_error(refined) < wing_error(init)
+    ref = shape_reference(refined, template)
+    assert float(fold_loss(refined.verts, template.faces, ref.pairs, ref.rest_cos)) < 0.01
