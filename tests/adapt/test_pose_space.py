@@ -110,4 +110,5 @@ def test_refinement_raises_the_wing_the_silhouette_shows(template):  # ~20 s
     assert tip_error(refined) < 0.65 * tip_error(init), (tip_error(init), tip_error(refined))
     assert wrist_error(refined) < wrist_error(init) and wing_error(refined) < wing_error(init)
     ref = shape_reference(refined, template)
-    assert float(fold_loss(refined.verts, template.faces, ref.pairs, ref.rest_cos)) < 0.01
+    folds = [float(fold_loss(p.verts, template.faces, ref.pairs, ref.rest_cos)) for p in (refined, init, gt)]
+    assert folds[0] <= max(folds[1:]) + 0.005, folds  # no more folded than the spread-wing poses themselves
