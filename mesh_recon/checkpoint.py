@@ -15,6 +15,9 @@ from .predictor_config import CMRConfig
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "cmr_bird_cpu.pt"
 VERSION = 1
+# An articulated template's buffers that stay float32 in the fp16 file: the skinning weights must keep summing to 1
+# and the rest geometry must not move; the residual basis, UVs, keypoint regressor and priors are fine in fp16.
+TEMPLATE_FLOAT32 = ("template.verts", "template.weights", "template.joints", "template.to_canonical")
 
 
 def load_predictor(path: str | Path | None = None,
@@ -39,8 +42,8 @@ def load_predictor(path: str | Path | None = None,
 
 def export_weights(checkpoint: str | Path, out: str | Path) -> Path:
     """Write the model weights of a training checkpoint as a small fp16 file (no optimizer state); an articulated
-    template stays float32 (its skinning weights must keep summing to 1)."""
+    template's geometry and skinning weights stay float32 (``TEMPLATE_FLOAT32``)."""
     ckpt = read_checkpoint(checkpoint)
     cfg = config_from_dict(CMRConfig, ckpt["config"], str(checkpoint))
-    save_checkpoint(out, config_to_dict(cfg), half_precision(ckpt["state_dict"], keep=("template.",)), int(ckpt["step"]), VERSION)
+    save_checkpoint(out, config_to_dict(cfg), half_precision(ckpt["state_dict"], keep=TEMPLATE_FLOAT32), int(ckpt["step"]), VERSION)
     return Path(out)
