@@ -4,7 +4,6 @@ Convention: part maps are (B, K + 1, S, S) with channel 0 the background; only c
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from correspondence.ops import coordinate_grid

@@ -12,8 +12,7 @@ from torch import Tensor
 from .articulated import ArticulatedPrediction
 from .bird_model import axis_angle_to_matrix
 from .geometry import check_shape, weak_perspective_project
-from .losses import (FeatureNet, _resize, mask_barrier, silhouette_loss, texture_flow_barrier_loss,
-                     texture_terms)
+from .losses import FeatureNet, _resize, appearance_terms, silhouette_loss
 from .predictor_config import LossConfig
 from .render import SoftRenderer, render_silhouette
 
@@ -109,12 +108,7 @@ def articulated_losses(pred: ArticulatedPrediction, batch: dict, renderer: SoftR
     mask = _resize(batch["mask"], size)
     silhouette = render_silhouette(verts_ndc, pred.faces, size, renderer.settings.sigma)
     terms["mask"] = silhouette_loss(silhouette, mask)
-    if cfg.texture > 0 or cfg.texture_feature > 0:
-        terms.update(texture_terms(pred, batch["image"], verts_ndc, mask, renderer, cfg, feature_net))
-    if cfg.texture_dt > 0:
-        barrier = batch.get("mask_barrier")
-        barrier = mask_barrier(batch["mask"], cfg.barrier_sharpness) if barrier is None else barrier
-        terms["texture_dt"] = texture_flow_barrier_loss(pred.uv_flow, barrier)
+    terms.update(appearance_terms(pred, batch, verts_ndc, mask, renderer, cfg, feature_net))
     loss = best_cost + sum(getattr(cfg, name) * value for name, value in terms.items())
     stats = {name: value.detach() for name, value in terms.items()}
     with torch.no_grad():

@@ -194,16 +194,28 @@ def predictor_losses(pred: Prediction, batch: dict, renderer: SoftRenderer, cfg:
         terms["coverage"] = coverage_loss(verts_ndc, mask, silhouette)
     if "verts" in batch and cfg.chamfer > 0:
         terms["chamfer"] = chamfer_loss(pred.verts, batch["verts"][:, ::CHAMFER_VERTEX_STRIDE])
+    terms.update(appearance_terms(pred, batch, verts_ndc, mask, renderer, cfg, feature_net))
+    loss = sum(getattr(cfg, name) * value for name, value in terms.items())
+    stats = {name: value.detach() for name, value in terms.items()}
+    stats["iou"] = ((silhouette * mask).sum() / (silhouette + mask - silhouette * mask).sum().clamp_min(1e-6)).detach()
+    return loss, stats
+
+
+def appearance_terms(pred: Prediction, batch: dict, verts_ndc: Tensor, mask: Tensor, renderer: SoftRenderer,
+                     cfg: LossConfig, feature_net: Optional[FeatureNet]) -> dict:
+    """The texture terms (``texture_terms``) and the flow barrier, each when its weight is positive.
+
+    Args: batch with image (B, 3, S, S), mask (B, 1, S, S) and optionally mask_barrier; verts_ndc (B, V, 3) the
+    projected vertices; mask (B, 1, R, R) at the render size.
+    """
+    terms = {}
     if cfg.texture > 0 or cfg.texture_feature > 0:
         terms.update(texture_terms(pred, batch["image"], verts_ndc, mask, renderer, cfg, feature_net))
     if cfg.texture_dt > 0:
         barrier = batch.get("mask_barrier")
         barrier = mask_barrier(batch["mask"], cfg.barrier_sharpness) if barrier is None else barrier
         terms["texture_dt"] = texture_flow_barrier_loss(pred.uv_flow, barrier)
-    loss = sum(getattr(cfg, name) * value for name, value in terms.items())
-    stats = {name: value.detach() for name, value in terms.items()}
-    stats["iou"] = ((silhouette * mask).sum() / (silhouette + mask - silhouette * mask).sum().clamp_min(1e-6)).detach()
-    return loss, stats
+    return terms
 
 
 def texture_terms(pred: Prediction, images: Tensor, verts_ndc: Tensor, mask: Tensor, renderer: SoftRenderer,

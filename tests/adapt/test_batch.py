@@ -7,33 +7,19 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from adapt.batch import main as batch_main
 from adapt.batch_inputs import assign_names, parse_list_line
 from adapt.inputs import DEMO_MASK, DEMO_VIDEO
-from birdmesh.checkpoint import save_checkpoint
-from birdmesh.config import config_to_dict
 from birdmesh.errors import UserError
 from birdmesh.video import read_frames, write_video
-from mesh_recon.predictor import MeshPredictor
-from mesh_recon.predictor_config import CMRConfig
 
 REPO = Path(__file__).resolve().parents[2]
 # test_run.py's FAST settings, without the overlay video (not what is tested here)
 FAST = ["correspondence.method=pixels", "propagation.use_bf16=false", "input.max_side=160", "optim.iterations=2",
         "optim.refine_iterations=3", "optim.batch_size=3", "optim.render_size=32", "parts.num_parts=4",
         "export.overlay=false"]
-
-
-@pytest.fixture(scope="module")
-def predictor_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = CMRConfig()
-    path = tmp_path_factory.mktemp("weights") / "predictor.pt"
-    save_checkpoint(path, config_to_dict(cfg), MeshPredictor(cfg.model).state_dict(), 0)
-    return path
 
 
 @pytest.fixture(scope="module")

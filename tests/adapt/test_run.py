@@ -15,26 +15,14 @@ from adapt.inputs import DEMO_MASK, DEMO_VIDEO, read_mask, read_video, resize_ma
 from adapt.optimize import adapt_predictor, predict_frames, video_maps
 from adapt.run import main as run_main
 from adapt.stages import first_frame_labels, propagate_and_crop, propagation_model
-from birdmesh.checkpoint import save_checkpoint
-from birdmesh.config import config_to_dict, load_config
+from birdmesh.config import load_config
 from mesh_recon.checkpoint import load_predictor
 from birdmesh.video import read_frames, write_video
 from mesh_recon.mesh import load_obj
-from mesh_recon.predictor import MeshPredictor
-from mesh_recon.predictor_config import CMRConfig
 
 FAST = ["correspondence.method=pixels", "propagation.use_bf16=false", "input.max_side=160", "optim.iterations=2",
         "optim.refine_iterations=3", "optim.batch_size=3", "optim.render_size=32", "parts.num_parts=4",
         "export.overlay=true"]
-
-
-@pytest.fixture(scope="module")
-def predictor_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = CMRConfig()
-    path = tmp_path_factory.mktemp("weights") / "predictor.pt"
-    save_checkpoint(path, config_to_dict(cfg), MeshPredictor(cfg.model).state_dict(), 0)
-    return path
 
 
 @pytest.fixture(scope="module")
