@@ -32,6 +32,7 @@ from mesh_recon.checkpoint import load_predictor
 from .config import AdaptConfig
 from .export import PixelCamera, camera_entry, camera_to_pixels, export_sequence
 from .export_articulated import export_rigged
+from .flags import frame_flags
 from .inputs import (DEMO_MASK, DEMO_VIDEO, box_mask, box_numbers, parse_box, read_mask, read_video, resize_mask,
                      scale_box)
 from .optimize import adapt_predictor, predict_frames, video_maps
@@ -98,6 +99,12 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     vanished = [int(t) for t in torch.nonzero(~crops.valid).flatten()]
     if vanished:
         warn(warnings, f"the object vanished in {len(vanished)} frames (not adapted on): {vanished[:20]}")
+    flags = frame_flags(part_indices, crops.masks, crops.boxes, crops.valid, cfg.flags.min_confidence,
+                        cfg.flags.max_area_jump)
+    for name in ("truncated", "close_up", "low_confidence"):
+        flagged = [f["frame"] for f in flags if f[name]]
+        if flagged:
+            warn(warnings, f"{name.replace('_', ' ')} frames ({len(flagged)}, see frame_flags): {flagged[:20]}")
     lap("propagate")
     # 2-3. Per-frame predictions (an articulated predictor: on one viewpoint track), video-level UV maps.
     articulated = isinstance(predictor, ArticulatedPredictor)
@@ -112,7 +119,7 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     lap("predict")
     # 4. Online adaptation.
     history = [] if args.no_adapt else adapt_predictor(
-        predictor, crops, maps, cfg.optim, cfg.loss, cfg.seed, pool, track=viewpoint and viewpoint.track,
+        predictor, crops, maps, cfg.optim, cfg.loss, cfg.seed, pool, track=viewpoint.track if viewpoint else None,
         reference=shape_reference(pred, predictor.template, crops.valid) if articulated else None)
     lap("adapt")
     # 4b. The adapted predictions, then per-frame refinement (pooled maps and base shape from the adapted model).
@@ -147,12 +154,13 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     if cfg.export.overlay:
         write_overlay(out / "overlay.mp4", video.frames, pred.verts, rotation, scale, translation, pred.faces,
                       pred.face_uvs, final.texture.clamp(0, 1), part_indices, video.original_size, video.fps,
-                      cfg.export.overlay_max_side)
+                      cfg.export.overlay_max_side, flags)
     lap("export")
     report = {"input": str(args.input), "frames": len(video.frames), "fps": video.fps,
               "adapted": not args.no_adapt, "settings": config_to_dict(cfg), "timings_s": timings,
               "losses": history, "refine_losses": refine_history, "warnings": warnings, "vanished_frames": vanished,
-              "propagation_reused": reused, "viewpoint": viewpoint_report(viewpoint)}
+              "propagation_reused": reused, "viewpoint": viewpoint_report(viewpoint),
+              "frame_flags": flags}
     write_report(out / "report.json", report)
     return report
 

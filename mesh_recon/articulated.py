@@ -107,7 +107,8 @@ class ArticulatedPredictor(nn.Module):
         bone lengths at ``bone_mean`` (24,) (mirror partners averaged; None = ones)."""
         check_shape(base_quats, "H 4", "base_quats", {"H": self.cfg.camera_hypotheses})
         if template.basis.shape[1] != self.cfg.residual_basis:
-            raise ValueError(f"template: expected {self.cfg.residual_basis} basis vectors, got {template.basis.shape[1]}")
+            raise ValueError(f"template: expected {self.cfg.residual_basis} basis vectors, "
+                             f"got {template.basis.shape[1]}")
         self.template = template.to(self.mean_residual.device)
         self.camera_head.base_quats.copy_(F.normalize(base_quats, dim=1))
         self.pose_head.bias.copy_(matrix_to_rotation_6d(template.pose_mean).flatten())

@@ -45,5 +45,6 @@ def export_weights(checkpoint: str | Path, out: str | Path) -> Path:
     template's geometry and skinning weights stay float32 (``TEMPLATE_FLOAT32``)."""
     ckpt = read_checkpoint(checkpoint)
     cfg = config_from_dict(CMRConfig, ckpt["config"], str(checkpoint))
-    save_checkpoint(out, config_to_dict(cfg), half_precision(ckpt["state_dict"], keep=TEMPLATE_FLOAT32), int(ckpt["step"]), VERSION)
+    weights = half_precision(ckpt["state_dict"], keep=TEMPLATE_FLOAT32)
+    save_checkpoint(out, config_to_dict(cfg), weights, int(ckpt["step"]), VERSION)
     return Path(out)
