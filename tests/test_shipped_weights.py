@@ -27,3 +27,19 @@ def test_shipped_predictor_weights():
     pred = model(torch.rand(2, 3, cfg.model.image_size, cfg.model.image_size))
     assert pred.verts.shape == (2, 642, 3) and torch.isfinite(pred.verts).all()
     assert (pred.cams[:, 0] > 0).all()
+
+
+ARTICULATED_WEIGHTS = CMR_WEIGHTS.with_name("cmr_bird_articulated_cpu.pt")
+
+
+@pytest.mark.skipif(not ARTICULATED_WEIGHTS.exists(), reason="no shipped articulated predictor weights yet")
+def test_shipped_articulated_predictor_weights():
+    assert ARTICULATED_WEIGHTS.stat().st_size < MAX_BYTES
+    model, cfg = load_predictor(ARTICULATED_WEIGHTS)
+    assert cfg.model.shape == "articulated"
+    # the file carries its template: skinning weights float32, rows summing to 1
+    assert torch.allclose(model.template.weights.sum(1), torch.ones(len(model.template.weights)), atol=1e-5)
+    with torch.no_grad():
+        pred = model(torch.rand(2, 3, cfg.model.image_size, cfg.model.image_size))
+    assert pred.verts.shape == (2, 3932, 3) and torch.isfinite(pred.verts).all()
+    assert pred.cam_hypotheses.shape == (2, cfg.model.camera_hypotheses, 7) and (pred.cams[:, 0] > 0).all()
