@@ -32,6 +32,13 @@ class PartsConfig:
 
 
 @dataclass(frozen=True)
+class FlagsConfig:
+    # report.json "frame_flags" and the overlay's corner (adapt/flags.py); truncated and close-up need no setting
+    min_confidence: Fraction = 0.5  # low confidence: the propagated mask's mean certainty |2p - 1| below this
+    max_area_jump: Positive = 2.0  # low confidence too: the mask's area changes by more than this factor
+
+
+@dataclass(frozen=True)
 class PredictorSettings:
     checkpoint: str = ""  # mesh predictor weights ("" = the shipped mesh_recon/weights/cmr_bird_cpu.pt)
     crop_padding: NonNegative = 0.2  # margin around the mask's box in the predictor's square crop (as in training)
@@ -105,6 +112,7 @@ class AdaptConfig:
     # see correspondence/config.py; the pixels method on a stride-4 grid keeps necks and legs (configs/adapt.yaml)
     propagation: PropagationConfig = field(default_factory=lambda: PropagationConfig(pixel_stride=4))
     parts: PartsConfig = field(default_factory=PartsConfig)
+    flags: FlagsConfig = field(default_factory=FlagsConfig)
     predictor: PredictorSettings = field(default_factory=PredictorSettings)
     loss: LossWeights = field(default_factory=LossWeights)
     optim: OptimConfig = field(default_factory=OptimConfig)

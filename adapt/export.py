@@ -12,6 +12,7 @@ coordinates are (u, v) = scale * (R @ X)[:2] + translation, u right, v down, pix
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -144,12 +145,19 @@ def write_obj_sequence(folder: Path, verts: Tensor, faces: Tensor, face_uvs: Ten
     texture.write_bytes(texture_png)
     material.write_text(f"newmtl {MATERIAL_NAME}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nillum 1\nmap_Kd {texture.name}\n")
     header = f"mtllib {material.name}\nusemtl {MATERIAL_NAME}\n"
-    paths = []
-    for t in range(len(verts)):
+    # Frames differ only in their "v" lines: save_obj writes frame 0 (geometry only; the shared material goes on
+    # top), its "vt" and "f" lines are kept, and later frames format just their vertices in one numpy call.
+    first = folder / f"{0:05d}.obj"
+    save_obj(first, verts[0], faces, face_uv=face_uvs)
+    lines = first.read_text().split("\n")
+    tail = "\n".join(lines[len(verts[0]):])
+    first.write_text(header + "\n".join(lines))
+    paths = [first]
+    for t in range(1, len(verts)):
         path = folder / f"{t:05d}.obj"
-        # save_obj would write one MTL per OBJ; it writes geometry only, and the shared material goes on top.
-        save_obj(path, verts[t], faces, face_uv=face_uvs)
-        path.write_text(header + path.read_text())
+        buffer = io.StringIO()
+        np.savetxt(buffer, verts[t].detach().cpu().double().numpy(), fmt="v %.6f %.6f %.6f")
+        path.write_text(header + buffer.getvalue() + tail)
         paths.append(path)
     return paths, material, texture
 

@@ -20,6 +20,7 @@ from mesh_recon.predictor import MeshPredictor, Prediction, pool_alignment, text
 from mesh_recon.render import SoftRenderer, SoftRenderSettings
 
 from .config import LossWeights, OptimConfig
+from .flags import inside_frame
 from .losses import base_shape_loss, part_correspondence_loss, quaternion_smoothness, temporal_smoothness
 from .parts import UVPool, texel_surface, texel_visibility, uv_maps_from_flow
 
@@ -118,6 +119,10 @@ def image_terms(pred: Prediction, crops: VideoCrops, frames: Tensor, maps: Video
     valid = crops.valid[frames]
     parts_o, mask_o = _resize(crops.parts[frames].float(), size), _resize(crops.masks[frames], size)
     image_o = _resize(crops.images[frames], size)
+    # Beyond the frame the video shows nothing (crops are zero-padded there): compare only inside it, so a bird cut
+    # by the border is not pulled away from it (adapt/flags.py).
+    inside = inside_frame(crops.boxes[frames], crops.frame_hw, size)  # (B, 1, size, size)
+    parts_r, sil_r, parts_o, mask_o = parts_r * inside, sil_r * inside, parts_o * inside, mask_o * inside
     terms = {}
     if bool(valid.any()):
         terms["part_map"], terms["part_centre"] = part_correspondence_loss(parts_r[valid], parts_o[valid])

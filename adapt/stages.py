@@ -30,8 +30,9 @@ from .parts import random_parts
 
 # Bumped whenever the propagation's output changes for the same settings, so older cached results are not reused
 # (2: raw pixels match in float32 on CPUs with native bf16; 3: learned features' first-frame window 8 -> 12; 4: no
-# matching where every candidate is background, context.changing_tiles).
-PROPAGATION_CODE_VERSION = 4
+# matching where every candidate is background, context.changing_tiles; 5: crops zero-padded beyond the frame;
+# 6: region-level localization, correspondence/track.py).
+PROPAGATION_CODE_VERSION = 6
 
 
 def frame_tensor(frame: np.ndarray, device) -> Tensor:
@@ -94,9 +95,10 @@ def propagate_and_crop(video: VideoInput, labels0: Tensor, model: torch.nn.Modul
         frame = frame_tensor(video.frames[t], device)
         # A vanished object keeps the last box it had, so the crops stay on where it was.
         box = boxes[-1] if boxes and not valid[-1] else crop_box_from_mask(mask, cfg.predictor.crop_padding)
-        images.append(crop_image(frame, box, crop_size))
+        # Padded, not clamped: beyond the frame nothing is seen (the image losses mask it out, adapt/flags.py).
+        images.append(crop_image(frame, box, crop_size, padding_mode="zeros"))
         masks.append(crop_image(mask, box, crop_size, padding_mode="zeros"))
-        parts.append(crop_image(soft[None], box, crop_size).half())
+        parts.append(crop_image(soft[None], box, crop_size, padding_mode="zeros").half())
         boxes.append(box)
         indices.append(soft_to_index(soft))
     crops = VideoCrops(torch.cat(images), torch.cat(masks), torch.cat(parts), torch.cat(boxes),

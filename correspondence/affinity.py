@@ -140,27 +140,73 @@ def tile_runs(selected: torch.Tensor) -> list[slice]:
     return [slice(start, stop) for start, stop in zip(edges[0::2], edges[1::2])]
 
 
-def topk_local_tiles(queries: torch.Tensor, keys: torch.Tensor, win: LocalWindows, k: int,
-                     runs: list[slice] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k within the radius, from pre-cut tiles (``query_tiles``, ``key_tiles``), for the tiles of ``runs``
-    (default: all).
+def shifted_runs(run: slice, shift: tuple[int, int], tiles_y: int, tiles_x: int) -> list[tuple[slice, slice | None]]:
+    """Pair the query tiles of ``run`` with the key tiles ``shift`` = (dy, dx) tiles away (query tile (i, j) uses
+    key tile (i - dy, j - dx): the context frame's window centred where the object came from), in query order.
 
     Returns:
-        values (N, k) (masked candidates are -inf) and flat key indices (N, k) int64 into h * w, rows in tile order
-        (``untile`` puts all tiles' rows in map order), N = T^2 x the tiles in ``runs``.
+        (query slice, key slice) pairs of equal length; key None where the key tiles lie off the map (no
+        candidates). A zero shift gives [(run, run)].
+    """
+    if shift == (0, 0):
+        return [(run, run)]
+    dy, dx = shift
+    pairs = []
+    if dx == 0:  # whole rows move: one contiguous piece on the map, the rest off it
+        lo = min(max(run.start, dy * tiles_x), run.stop)
+        hi = max(min(run.stop, (tiles_y + dy) * tiles_x), lo)
+        for a, b, on_map in ((run.start, lo, False), (lo, hi, True), (hi, run.stop, False)):
+            if b > a:
+                pairs.append((slice(a, b), slice(a - dy * tiles_x, b - dy * tiles_x) if on_map else None))
+        return pairs
+    for row in range(run.start // tiles_x, (run.stop - 1) // tiles_x + 1):
+        start, stop = max(run.start, row * tiles_x), min(run.stop, (row + 1) * tiles_x)
+        key_row = row - dy
+        if not 0 <= key_row < tiles_y:
+            pairs.append((slice(start, stop), None))
+            continue
+        col0, col1 = start - row * tiles_x, stop - row * tiles_x
+        lo, hi = min(max(col0, dx), col1), max(min(col1, tiles_x + dx), col0)  # columns whose key lies on the map
+        for a, b, on_map in ((col0, lo, False), (lo, hi, True), (hi, col1, False)):
+            if b > a:
+                key = slice(key_row * tiles_x + a - dx, key_row * tiles_x + b - dx) if on_map else None
+                pairs.append((slice(row * tiles_x + a, row * tiles_x + b), key))
+    return pairs
+
+
+def topk_local_tiles(queries: torch.Tensor, keys: torch.Tensor, win: LocalWindows, k: int,
+                     runs: list[slice] | None = None,
+                     shift: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k within the radius, from pre-cut tiles (``query_tiles``, ``key_tiles``), for the tiles of ``runs``
+    (default: all), each query tile against the key tile ``shift`` = (dy, dx) tiles away (``shifted_runs``).
+
+    Returns:
+        values (N, k) (masked candidates are -inf; all of a row's where its key tile lies off the map) and flat key
+        indices (N, k) int64 into h * w, rows in tile order (``untile`` puts all tiles' rows in map order),
+        N = T^2 x the tiles in ``runs``.
     """
     kk, tile = min(k, keys.shape[2]), win.tile
+    tiles_y, tiles_x = math.ceil(win.h / tile), math.ceil(win.w / tile)
     values, indices = [], []
     for run in [slice(0, queries.shape[0])] if runs is None else runs:
-        for start in range(run.start, run.stop, TILES_PER_PRODUCT):
-            part = slice(start, min(start + TILES_PER_PRODUCT, run.stop))
-            sims = torch.bmm(queries[part], keys[part]).float().add_(win.bias[part])  # (tiles, T^2, W^2)
-            top = sims.topk(kk, dim=2)
-            values.append(top.values)
-            indices.append(torch.gather(win.flat_index[part, None, :].expand(-1, tile * tile, -1), 2, top.indices))
+        for query_run, key_run in shifted_runs(run, shift, tiles_y, tiles_x):
+            if key_run is None:
+                rows = (query_run.stop - query_run.start) * tile * tile
+                values.append(torch.full((rows, kk), float("-inf"), device=queries.device))
+                indices.append(torch.zeros((rows, kk), dtype=torch.long, device=queries.device))
+                continue
+            offset = key_run.start - query_run.start
+            for start in range(query_run.start, query_run.stop, TILES_PER_PRODUCT):
+                part = slice(start, min(start + TILES_PER_PRODUCT, query_run.stop))
+                key_part = slice(part.start + offset, part.stop + offset)
+                sims = torch.bmm(queries[part], keys[key_part]).float().add_(win.bias[key_part])  # (tiles, T^2, W^2)
+                top = sims.topk(kk, dim=2)
+                values.append(top.values.reshape(-1, kk))
+                window_index = win.flat_index[key_part, None, :].expand(-1, tile * tile, -1)
+                indices.append(torch.gather(window_index, 2, top.indices).reshape(-1, kk))
     if not values:
         return queries.new_empty((0, kk), dtype=torch.float32), torch.empty((0, kk), dtype=torch.long)
-    return torch.cat(values).view(-1, kk), torch.cat(indices).view(-1, kk)
+    return torch.cat(values), torch.cat(indices)
 
 
 def topk_local(query: torch.Tensor, key: torch.Tensor, k: int, radius: float,

@@ -111,6 +111,19 @@ class PropagationConfig:
     # on CPUs without native bf16, a learned model's encoder in int8 (``correspondence.int8``, calibrated on the
     # first frame): 2-core AVX2 CPU 1.41 -> 2.18 frames/s; J&F birds_dev 0.871 -> 0.870, val_dev 0.660 -> 0.660
     use_int8: bool = True
+    # region-level localization (correspondence/track.py): each new frame, find where the object went (coarse global
+    # match against the first and recent confident frames) and centre every context frame's window there; a frame
+    # whose object collapsed or left is reported as background and the object is searched for in the whole frame
+    # until found again. Off = every window around the same position (the protocol before).
+    localize: bool = True
+    localize_stride: Count = 8  # grid of the coarse match, in pixels (the feature grid if that is coarser)
+    localize_memory: NonNegativeInt = 2  # recent confident frames kept beside the first one for the coarse match
+    # a frame whose propagated label mass falls below this share of the tracked mass is lost (reported empty)
+    lost_mass: Fraction = 0.2
+    # tracked and searched for (fast): the best object-sized box near the motion prediction must hold at least this
+    # mean matched label mass to centre the windows there (else they follow the motion prediction)
+    search_score: Fraction = 0.1
+    refind_score: Fraction = 0.3  # lost: the same, anywhere in the frame, to resume (else the frame stays empty)
 
 
 @dataclass(frozen=True)

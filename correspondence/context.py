@@ -8,6 +8,7 @@ the similarities. Only tiles of target positions whose candidates may carry a la
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +43,7 @@ def mix_candidate_labels(values: torch.Tensor, indices: torch.Tensor, context_la
 class ContextFrame:
     """A frame serving as context: features (C, h, w), soft labels (L, h, w) and, for frames matched within a
     local window, its features pre-cut into windows (``affinity.key_tiles``), computed once, and that window's
-    geometry."""
+    geometry. Its windows can be centred on where its object went in the target (``propagate_step``'s shifts)."""
 
     features: torch.Tensor
     labels: torch.Tensor
@@ -60,6 +61,48 @@ class ContextFrame:
             labelled = (self.labels[1:] >= LABEL_FLOOR).any(dim=0).flatten()  # (h * w,)
         return labelled.any() if self.window is None else labelled[self.window.flat_index].any(dim=1)
 
+    @functools.cached_property
+    def centre(self) -> torch.Tensor | None:
+        """(2,) float (y, x) centre of the label mass other than background, in cells; None without any."""
+        return label_centre(self.labels)
+
+
+def label_centre(labels: torch.Tensor) -> torch.Tensor | None:
+    """Soft labels (L, h, w), channel 0 background -> (2,) float (y, x) centre of mass of channels 1.. in cells
+    (None when they carry no mass); one rule for masks, parts and keypoint heatmaps."""
+    mass = (1.0 - labels[0].float()).clamp_min(0) if labels.shape[0] > 1 else labels[0].float()
+    total = float(mass.sum())
+    if total <= 1e-6:
+        return None
+    ys = torch.arange(mass.shape[0], dtype=mass.dtype, device=mass.device)
+    xs = torch.arange(mass.shape[1], dtype=mass.dtype, device=mass.device)
+    return torch.stack([(mass.sum(1) * ys).sum(), (mass.sum(0) * xs).sum()]).cpu() / total
+
+
+def tile_shift(source: torch.Tensor | None, target: torch.Tensor | None, tile: int = TILE) -> tuple[int, int]:
+    """Whole tiles (dy, dx) from an object's centre in a context frame to its predicted centre in the target
+    (cells, (y, x)); (0, 0) when either is unknown. Rounding to tiles leaves windows within half a tile of the
+    exact centring, and a static object (centres within half a tile) is not moved at all."""
+    if source is None or target is None:
+        return 0, 0
+    dy, dx = ((target - source) / tile).round().tolist()
+    return int(dy), int(dx)
+
+
+def shift_tile_flags(flags: torch.Tensor, shift: tuple[int, int], tiles_y: int, tiles_x: int) -> torch.Tensor:
+    """(n,) bool by key tile -> (n,) bool by query tile, query tile (i, j) taking key tile (i - dy, j - dx)'s
+    flag (False off the map)."""
+    if shift == (0, 0):
+        return flags
+    dy, dx = shift
+    grid = flags.view(tiles_y, tiles_x)
+    out = torch.zeros_like(grid)
+    ys, xs = slice(max(dy, 0), tiles_y + min(dy, 0)), slice(max(dx, 0), tiles_x + min(dx, 0))
+    src_ys, src_xs = slice(max(-dy, 0), tiles_y - max(dy, 0)), slice(max(-dx, 0), tiles_x - max(dx, 0))
+    if ys.stop > ys.start and xs.stop > xs.start:
+        out[ys, xs] = grid[src_ys, src_xs]
+    return out.flatten()
+
 
 def make_context(features: torch.Tensor, labels: torch.Tensor, radius: float) -> ContextFrame:
     """Wrap a frame for the context queue, cutting its windows once when it will be matched locally (radius > 0,
@@ -70,7 +113,8 @@ def make_context(features: torch.Tensor, labels: torch.Tensor, radius: float) ->
     return ContextFrame(features, labels, key_tiles(features, win), win)
 
 
-def changing_tiles(context: list[ContextFrame], grid: torch.Tensor) -> torch.Tensor:
+def changing_tiles(context: list[ContextFrame], grid: torch.Tensor,
+                   shifts: list[tuple[int, int]] | None = None) -> torch.Tensor:
     """(n,) bool: the query tiles (``affinity.query_grid``) whose labels may differ from plain background.
 
     A target position mixes labels of context cells it may match, so its labels per channel never exceed theirs:
@@ -78,26 +122,37 @@ def changing_tiles(context: list[ContextFrame], grid: torch.Tensor) -> torch.Ten
     background without matching, off by less than ``LABEL_FLOOR`` per channel. (The floor, not exact zeros: the
     softmax's tails never quite vanish and, taken as labels, would spread the object one window per frame.)
     Conservative: a tile counts as changing when any cell of its square window (any cell at all for a globally
-    matched frame) is labelled, or when the labels have a single channel.
+    matched frame) is labelled, or when the labels have a single channel. ``shifts``: per context frame, its windows'
+    shift in tiles (``propagate_step``).
     """
     changing = torch.zeros(grid.shape[0], dtype=torch.bool, device=grid.device)
-    for frame in context:
-        changing |= frame.labelled_tiles
+    for position, frame in enumerate(context):
+        shift = (0, 0) if shifts is None or frame.window is None else shifts[position]
+        if shift == (0, 0):
+            changing |= frame.labelled_tiles
+        else:
+            win = frame.window
+            changing |= shift_tile_flags(frame.labelled_tiles, shift, math.ceil(win.h / win.tile),
+                                         math.ceil(win.w / win.tile))
     return changing
 
 
-def propagate_step(target_feat: torch.Tensor, context: list[ContextFrame], cfg: PropagationConfig) -> torch.Tensor:
+def propagate_step(target_feat: torch.Tensor, context: list[ContextFrame], cfg: PropagationConfig,
+                   shifts: list[tuple[int, int]] | None = None) -> torch.Tensor:
     """Labels of one target frame from its context.
 
     Matching runs by tiles of target positions (``affinity.query_grid``), only where labels may change
     (``changing_tiles``); the other positions are background (channel 0), as the matching would make them up to
-    ``LABEL_FLOOR``.
+    ``LABEL_FLOOR``. A locally matched context frame's windows are centred ``shifts[i]`` = (dy, dx) tiles away
+    from the target position (``tile_shift``: where its object went); positions left without any candidate (all
+    their windows off the map) are background.
 
     Args:
         target_feat: (C, h, w) target features.
         context: the first frame, then previous frames; each is matched within its window when it carries
             tiles, globally otherwise.
         cfg: with its temperature set (``iter_propagate`` resolves None with ``softmax_temperature``).
+        shifts: one (dy, dx) per context frame, in tiles of ``TILE`` cells; None = all (0, 0).
     Returns:
         (L, h, w) soft labels.
     """
@@ -107,7 +162,9 @@ def propagate_step(target_feat: torch.Tensor, context: list[ContextFrame], cfg: 
     grid = query_grid(h, w, TILE, str(target_feat.device))  # (n, T^2)
     if any(frame.window is not None and frame.window.tile != TILE for frame in context):
         raise ValueError(f"context windows: expected query tiles of {TILE} cells (affinity.TILE)")
-    changing = changing_tiles(context, grid)
+    shifted = shifts is not None and any(shift != (0, 0) for shift in shifts)
+    shifts = shifts if shifted else [(0, 0)] * len(context)
+    changing = changing_tiles(context, grid, shifts) if shifted else changing_tiles(context, grid)
     runs = tile_runs(changing)
     labels = torch.cat([frame.labels.flatten(1) for frame in context], dim=1)  # (L, n_ctx * h * w)
     out = labels.new_zeros(labels.shape[0], grid.numel())
@@ -120,7 +177,8 @@ def propagate_step(target_feat: torch.Tensor, context: list[ContextFrame], cfg: 
             if frame.tiles is None:
                 values, indices = topk_global(chosen.T, frame.features.flatten(1), cfg.topk, cfg.chunk_size)
             else:
-                values, indices = topk_local_tiles(queries, frame.tiles, frame.window, cfg.topk, runs)
+                values, indices = topk_local_tiles(queries, frame.tiles, frame.window, cfg.topk, runs,
+                                                   shifts[position])
             all_values.append(values)
             all_indices.append(indices + position * h * w)
         if cfg.context_mixing == "average":  # UVC's test.py: each context frame votes with its own top-k, equally
@@ -129,5 +187,9 @@ def propagate_step(target_feat: torch.Tensor, context: list[ContextFrame], cfg: 
         else:  # one top-k over the candidates of all context frames
             mixed = mix_candidate_labels(torch.cat(all_values, 1), torch.cat(all_indices, 1), labels, cfg.topk,
                                          cfg.temperature)
+        if shifted:  # rows without candidates: NaN from the softmax -> background
+            orphans = mixed.isnan().any(dim=0)
+            mixed = mixed.nan_to_num(0.0)
+            mixed[0] += orphans.to(mixed.dtype)
         out.view(labels.shape[0], *grid.shape)[:, changing] = mixed.view(labels.shape[0], -1, grid.shape[1])
     return untile(out.T, h, w).T.reshape(-1, h, w)

@@ -4,7 +4,9 @@ Masks, random parts and keypoint heatmaps all travel as soft maps (C, H, W), cha
 frame takes the first frame plus the ``context_previous`` previous predictions as context; every context frame's
 features are computed once and kept in a bounded queue, so memory is flat in video length. Target positions are
 matched only where some candidate carries a label other than background (``context.changing_tiles``): an object
-that fills a small part of the frame costs a matching of about that part.
+that fills a small part of the frame costs a matching of about that part. With ``localize`` (the default) the object
+is tracked at region level (``track``): every context frame's window is centred where the object went, frames where
+it is absent are reported as plain background and the whole frame is searched until it is found again.
 
 CLI: ``python -m correspondence.propagate INPUT --mask FIRST.png --out DIR`` writes DIR/%05d.png (DAVIS palette).
 """
@@ -37,6 +39,7 @@ from .int8 import Int8Encoder, int8_available
 from .labels import PixelFeatures, index_to_soft, lab_patch_features, soft_to_index
 from .model import UVC
 from .networks import fuse_batchnorm
+from .track import start_track, track_step
 
 LEARNED_RADII = (12.0, 6.0)  # default windows of the first and the previous frames for learned features
 LEARNED_MATCH_DIMS = 64  # default principal components kept for matching learned features
@@ -190,9 +193,22 @@ def labels_to_features(labels: torch.Tensor, feat_hw: tuple[int, int]) -> torch.
     return F.adaptive_avg_pool2d(labels[None].float(), feat_hw)[0]
 
 
+def feature_stride(model: torch.nn.Module) -> int:
+    """Pixels per feature cell of a feature model (raw pixels: their stride; learned: the encoder's)."""
+    return int(getattr(model, "stride", FEATURE_STRIDE))
+
+
+def localize_factor(cfg: PropagationConfig, model: torch.nn.Module) -> int:
+    """Feature cells per coarse cell of the localization grid (``localize_stride`` pixels, at least one cell)."""
+    return max(1, round(cfg.localize_stride / feature_stride(model)))
+
+
 def iter_propagate(frames: Iterable[np.ndarray], labels0: torch.Tensor, model: torch.nn.Module,
                    cfg: PropagationConfig) -> Iterator[torch.Tensor]:
     """Stream soft labels at feature resolution, one (L, h, w) tensor per frame (the first is labels0's).
+
+    With ``cfg.localize`` the object is tracked (``track.track_step``): the windows follow it, frames where it is
+    absent are plain background and only confident frames join the context.
 
     Args:
         frames: uint8 RGB frames (H, W, 3), the first one labelled.
@@ -204,6 +220,7 @@ def iter_propagate(frames: Iterable[np.ndarray], labels0: torch.Tensor, model: t
     dims, basis, layer2 = match_dims(cfg, model), None, layer2_weight(cfg, model)
     colour, use_bf16 = pixel_weight(cfg, model), bf16_allowed(cfg, model)
     device, key_offset, encoder = model_device(model), None, model
+    track, factor = None, localize_factor(cfg, model)
     for frame in frames:
         lab = frame_to_lab(frame, device)
         if first is None and int8_encoding(cfg, model):
@@ -219,12 +236,16 @@ def iter_propagate(frames: Iterable[np.ndarray], labels0: torch.Tensor, model: t
             key = feat - key_offset  # centred keys, see bf16_allowed
         if bf16_matching(use_bf16, feat.device):
             feat, key = feat.bfloat16(), key.bfloat16()  # matching in bfloat16 is ~3x faster with bf16 units
+        confident = True
         if first is None:
             labels = labels_to_features(labels0.to(feat.device), tuple(feat.shape[-2:]))
             first = make_context(key, labels, radius_first)
-        else:
+            track = start_track(feat, labels, factor) if cfg.localize else None
+        elif track is None:
             labels = propagate_step(feat, [first, *previous], cfg)
-        if cfg.context_previous > 0:
+        else:
+            labels, track, confident = track_step(track, feat, [first, *previous], cfg, factor, radius_previous)
+        if cfg.context_previous > 0 and confident:
             previous.append(make_context(key, labels, radius_previous))
         yield labels
 
