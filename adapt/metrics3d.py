@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
+from birdmesh.shape_metrics import surface_samples
+
 from .export import project_to_pixels
 
 
@@ -46,22 +48,13 @@ def _points(x, name: str) -> np.ndarray:
 def sample_surface(verts, faces, n: int, seed: int = 0) -> np.ndarray:
     """Area-weighted uniform samples on a triangle mesh: (n, 3) float64 from verts (V, 3) and faces (F, 3).
 
-    Deterministic for a given seed, so two methods are scored on equally drawn samples.
+    Deterministic for a given seed, so two methods are scored on equally drawn samples
+    (``birdmesh.shape_metrics.surface_samples`` after checking the inputs).
     """
     verts, faces = _points(verts, "verts"), np.asarray(faces, dtype=np.int64)
     if faces.ndim != 2 or faces.shape[1] != 3 or len(faces) == 0:
         raise ValueError(f"faces: expected a non-empty (F, 3) index array, got shape {faces.shape}")
-    corners = verts[faces]  # (F, 3, 3)
-    area = 0.5 * np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
-    if not area.sum() > 0:
-        raise ValueError("verts, faces: expected a mesh with positive area, got a degenerate one")
-    rng = np.random.default_rng(seed)
-    face = rng.choice(len(faces), size=n, p=area / area.sum())
-    a, b = rng.random((2, n, 1))
-    flip = a + b > 1  # fold the unit square onto the triangle: uniform barycentrics
-    a, b = np.where(flip, 1 - a, a), np.where(flip, 1 - b, b)
-    c = corners[face]
-    return c[:, 0] + a * (c[:, 1] - c[:, 0]) + b * (c[:, 2] - c[:, 0])
+    return surface_samples(verts, faces, n, seed)
 
 
 def umeyama(source, target) -> Similarity:
