@@ -20,7 +20,8 @@ class InputConfig:
 class CorrespondenceSettings:
     checkpoint: str = ""  # correspondence weights ("" = the shipped correspondence/weights/uvc_cpu.pt)
     # pixels (raw Lab colours) is the default while it propagates birds better than the shipped learned model
-    # (birds_dev J&F 0.86 vs 0.74); learned uses ``checkpoint``
+    # (with adapt.run's settings, birds_dev J&F 0.921 vs 0.872 fused, flight benchmark 0.393 vs 0.278: the model
+    # card's table, tests/correspondence/test_adapt_default.py); learned uses ``checkpoint``
     method: Literal["learned", "pixels"] = "pixels"
 
 

@@ -67,10 +67,16 @@ class ContextFrame:
         return label_centre(self.labels)
 
 
+def label_mass(labels: torch.Tensor) -> torch.Tensor:
+    """Soft labels (L, h, w), channel 0 background -> (h, w) float mass of the other channels (a single channel:
+    its own); one rule for masks, parts and keypoint heatmaps."""
+    return (1.0 - labels[0].float()).clamp_min(0) if labels.shape[0] > 1 else labels[0].float()
+
+
 def label_centre(labels: torch.Tensor) -> torch.Tensor | None:
-    """Soft labels (L, h, w), channel 0 background -> (2,) float (y, x) centre of mass of channels 1.. in cells
-    (None when they carry no mass); one rule for masks, parts and keypoint heatmaps."""
-    mass = (1.0 - labels[0].float()).clamp_min(0) if labels.shape[0] > 1 else labels[0].float()
+    """Soft labels (L, h, w), channel 0 background -> (2,) float (y, x) centre of ``label_mass`` in cells (None when
+    there is no mass)."""
+    mass = label_mass(labels)
     total = float(mass.sum())
     if total <= 1e-6:
         return None

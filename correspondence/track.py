@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .affinity import TILE, topk_global
 from .config import PropagationConfig
-from .context import ContextFrame, label_centre, propagate_step, tile_shift
+from .context import ContextFrame, label_centre, label_mass, propagate_step, tile_shift
 
 MASS_FLOOR = 0.05  # memory cells with more label mass than this are all kept; the others are sampled 1 in 4
 # a confident object slower than this share of the previous frames' window (cells per frame) is not searched for:
@@ -70,11 +70,6 @@ def coarse_features(features: torch.Tensor, factor: int) -> torch.Tensor:
     if factor > 1:
         x = F.normalize(F.avg_pool2d(x[None], factor, factor, ceil_mode=True)[0], dim=0)
     return x
-
-
-def label_mass(labels: torch.Tensor) -> torch.Tensor:
-    """Soft labels (L, h, w), channel 0 background -> (h, w) float mass of the other channels."""
-    return (1.0 - labels[0].float()).clamp_min(0) if labels.shape[0] > 1 else labels[0].float()
 
 
 def coarse_frame(coarse: torch.Tensor, labels: torch.Tensor, factor: int) -> CoarseFrame:
