@@ -39,10 +39,10 @@ from birdmesh.metrics import db_eval_iou
 from birdmesh.outdir import atomic_output_dir
 from birdmesh.video import read_image
 from mesh_recon.mesh import load_obj
+from mesh_recon.mesh_views import mesh_view_tiles
 
 from . import report as report_io
 from .export_articulated import canonical_from_world
-from .mesh_views import mesh_view_tiles
 from .run import main as run_main
 from .scores import part_consistency, reprojection_consistency
 from .scores3d import camera_frame_verts, load_gt3d, quality_row, score_3d

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .mesh_views import TILE  # contact-sheet cell height: mesh tiles are TILE x TILE
+from mesh_recon.mesh_views import TILE  # contact-sheet cell height: mesh tiles are TILE x TILE
 
 METHOD_COLOURS = {"adapted": (220, 40, 40), "framewise": (40, 90, 230)}  # RGB; ground truth is green
 GT_COLOUR = (40, 200, 60)

@@ -34,6 +34,7 @@ from .checkpoint import DEFAULT_WEIGHTS, load_predictor
 from .crop import crop_around_mask, crop_image
 from .geometry import ndc_to_pixels, quaternion_to_rotation_matrix
 from .mesh import vertex_normals
+from .mesh_views import TILE, mesh_view_tiles
 from .predictor import MeshPredictor, Prediction, project_keypoints, project_vertices, texture_from_flow
 from .render import interpolate_hard, render_hard, sample_texture_hard
 from .synth import SynthSettings, generate_batch
@@ -98,9 +99,10 @@ def example_panels(images: Tensor, pred: Prediction) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate_synthetic(model: MeshPredictor, n: int, seed: int, batch: int = 32, data_dir: str | None = None,
-                       settings: SynthSettings = SynthSettings()) -> tuple[list[dict], np.ndarray]:
-    """Per-image metric rows on synthetic hold-out images, and the example panels of the first batch."""
-    S, rows, examples = model.cfg.image_size, [], None
+                       settings: SynthSettings = SynthSettings()) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """Per-image metric rows on synthetic hold-out images, the example panels of the first batch and its meshes
+    from the camera, the side and above (``view_panels``)."""
+    S, rows, examples, views = model.cfg.image_size, [], None, None
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     for start in range(0, n, batch):
@@ -127,7 +129,10 @@ def evaluate_synthetic(model: MeshPredictor, n: int, seed: int, batch: int = 32,
                          "joint_deg": float(joint_err[i]) if joint_err is not None else float("nan")})
         if examples is None:
             examples = example_panels(images[:NUM_EXAMPLES], _slice(pred, NUM_EXAMPLES))
-    return rows, examples
+            k = NUM_EXAMPLES
+            views = view_panels(images[:k], pred.verts[:k], pred.cams[:k], pred.faces, data["verts"][:k],
+                                data["cam"][:k], faces_gt)
+    return rows, examples, views
 
 
 def joint_angle_error_deg(pred: Prediction, body_pose: Tensor) -> Tensor | None:
@@ -143,16 +148,38 @@ def joint_angle_error_deg(pred: Prediction, body_pose: Tensor) -> Tensor | None:
     return torch.rad2deg(torch.acos(cos)).mean(1)
 
 
+def camera_frame(verts: Tensor, cam: Tensor) -> np.ndarray:
+    """(V, 3) model-frame vertices and their weak-perspective camera (7,) -> (V, 3) float64 camera frame."""
+    c = cam.detach().cpu().double()
+    return to_camera_frame(verts.detach().cpu().double().numpy(), float(c[0]), quaternion_matrix(c[3:].numpy()),
+                           c[1:3].numpy())
+
+
+def view_panels(images: Tensor, verts: Tensor, cams: Tensor, faces: Tensor, verts_gt: Tensor, cams_gt: Tensor,
+                faces_gt: Tensor) -> np.ndarray:
+    """One row per image (B, 3, S, S in [0, 1]): the image, then the predicted mesh (verts (B, V, 3), cams (B, 7),
+    faces (F, 3)) and the true one (verts_gt (B, M, 3), cams_gt, faces_gt) from the camera, the side and above
+    (``mesh_views``), one scale per row: a mesh right only through the camera shows here.
+    Returns (B, TILE, 7 * TILE, 3) uint8."""
+    rows = []
+    for i in range(len(images)):
+        image = (images[i].permute(1, 2, 0).cpu().numpy() * 255).round().clip(0, 255).astype(np.uint8)
+        meshes = {"pred": (camera_frame(verts[i], cams[i]), faces.cpu().numpy(), (220, 40, 40)),
+                  "GT": (camera_frame(verts_gt[i], cams_gt[i]), faces_gt.cpu().numpy(), (40, 200, 60))}
+        tiles = [cv2.resize(image, (TILE, TILE), interpolation=cv2.INTER_AREA)]
+        for title, tile in mesh_view_tiles(meshes):
+            tile = tile.copy()
+            cv2.putText(tile, title, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+            tiles.append(tile)
+        rows.append(np.concatenate(tiles, 1))
+    return np.stack(rows)
+
+
 def camera_frame_scores(verts: Tensor, cam: Tensor, faces: Tensor, verts_gt: Tensor, cam_gt: Tensor,
                         faces_gt: Tensor, seed: int = 0) -> dict:
     """The camera-frame Chamfer / F-score@5 % (``birdmesh.shape_metrics``) of one image, each mesh with its own
     camera (7,), and the mesh quality of both (prediction and ground truth). verts (V, 3), verts_gt (M, 3)."""
-    def frame(v: Tensor, c: Tensor):
-        c = c.detach().cpu().double()
-        return to_camera_frame(v.detach().cpu().double().numpy(), float(c[0]), quaternion_matrix(c[3:].numpy()),
-                               c[1:3].numpy())
-
-    pred_cam, gt_cam = frame(verts, cam), frame(verts_gt, cam_gt)
+    pred_cam, gt_cam = camera_frame(verts, cam), camera_frame(verts_gt, cam_gt)
     scores = mesh_camera_chamfer(pred_cam, faces.cpu().numpy(), gt_cam, faces_gt.numpy(), seed)
     quality, quality_gt = mesh_quality(pred_cam, faces.cpu().numpy()), mesh_quality(gt_cam, faces_gt.numpy())
     return {"cam_chamfer": scores.chamfer, "fscore": scores.fscore, "normal_deg": quality.normal_angle_deg,
@@ -271,8 +298,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.seed == cfg.data.seed:
             print(f"warning: --seed {args.seed} is the training data seed; these images were seen in training")
         settings = SynthSettings(shape_variety=1.0, motion_fraction=0.5) if args.wide else SynthSettings()
-        synth_rows, sheets["synthetic"] = evaluate_synthetic(model, args.synthetic_n, args.seed,
-                                                             data_dir=cfg.data.data_dir or None, settings=settings)
+        synth_rows, sheets["synthetic"], sheets["synthetic_views"] = evaluate_synthetic(
+            model, args.synthetic_n, args.seed, data_dir=cfg.data.data_dir or None, settings=settings)
         rows += synth_rows
     if args.davis:
         davis_rows, sheets["davis"] = evaluate_davis(model, str(resolve_data_path(args.davis)), args.list,

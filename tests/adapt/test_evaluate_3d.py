@@ -10,7 +10,7 @@ from scipy.spatial.transform import Rotation
 
 import adapt.evaluate as evaluate
 from adapt import report
-from adapt.mesh_views import BACKGROUND, TILE, VIEWS, mesh_view_tiles
+from mesh_recon.mesh_views import BACKGROUND, TILE, VIEWS, mesh_view_tiles
 from adapt.scores import render_masks
 from birdmesh.checkpoint import save_checkpoint
 from birdmesh.davis import write_annotation

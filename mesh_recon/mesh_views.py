@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mesh_recon.mesh import face_normals
-from mesh_recon.render import render_hard
+from .mesh import face_normals
+from .render import render_hard
 
 TILE = 144  # pixels per square tile
 BACKGROUND = (242, 242, 242)
