@@ -20,7 +20,7 @@ class InputConfig:
 class CorrespondenceSettings:
     checkpoint: str = ""  # correspondence weights ("" = the shipped correspondence/weights/uvc_cpu.pt)
     # pixels (raw Lab colours) is the default while it propagates birds better than the shipped learned model
-    # (with adapt.run's settings, birds_dev J&F 0.921 vs 0.872 fused, flight benchmark 0.393 vs 0.278: the model
+    # (with adapt.run's settings, birds_dev J&F 0.910 vs 0.872 fused, flight benchmark 0.383 vs 0.277: the model
     # card's table, tests/correspondence/test_adapt_default.py); learned uses ``checkpoint``
     method: Literal["learned", "pixels"] = "pixels"
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,19 +39,10 @@ COCKATOO = Path("/work/shared/data/videos/cockatoo.mp4")
 
 from adapt.export import PixelCamera, camera_entry, corner_uvs, export_sequence  # noqa: E402
 from adapt.outputs import project_to_ndc, write_masks, write_overlay, write_parts  # noqa: E402
+from birdmesh.runtime import cpu_name  # noqa: E402
 from birdmesh.video import read_frames  # noqa: E402
 from mesh_recon.geometry import quaternion_to_rotation_matrix  # noqa: E402
 from mesh_recon.mesh import face_spherical_uv, icosphere  # noqa: E402
-
-
-def cpu_name() -> str:
-    """'<model name> (avx512: yes/no)' from lscpu (empty model name when lscpu is missing)."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    except OSError:
-        return "unknown CPU"
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name")), "?")
-    return f"{model} (avx512: {'yes' if 'avx512f' in text else 'no'})"
 
 
 def synthetic_inputs(T: int, wh: tuple[int, int], processed_wh: tuple[int, int], parts: int = 10, seed: int = 0,

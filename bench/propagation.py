@@ -6,9 +6,11 @@ Each method runs in its own child process (so peak RSS is its own) on the same 4
 frames/s, peak RAM and J&F; then the ratios. The naive protocol (UVC's test.py): global affinity over the whole
 frame, first frame + 7 previous predictions as references, per reference the top-5 of each target mixed with
 softmax(similarity / temperature), the 8 propagations averaged. Methods:
-  ours         the default propagation (the first frame within ``radius_first``, the previous frames within
+  ours         the default propagation (with the object tracked: ``localize``) (the first frame within ``radius_first``, the previous frames within
                ``radius_previous``, on the first frame's principal components, one top-k over all of them;
                bfloat16 on CPUs with native bf16, else the encoder in int8);
+  ours-fixed   the same without the tracking (``localize=False``: windows fixed in place, as before it): the
+               tracking's cost;
   ours-global  our streaming code on the naive protocol (radius off, all output channels, per-frame top-k averaged,
                float32): J&F must match;
   naive        the protocol written plainly, full affinity matrices, float32.
@@ -31,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from birdmesh.davis import load_sequence  # noqa: E402
 from birdmesh.metrics import evaluate_semi_supervised  # noqa: E402
-from birdmesh.runtime import data_root  # noqa: E402
+from birdmesh.runtime import cpu_name, data_root  # noqa: E402
 from correspondence.checkpoint import DEFAULT_WEIGHTS, load_model  # noqa: E402
 from correspondence.config import PropagationConfig  # noqa: E402
 from correspondence.evaluate import _read_rgb  # noqa: E402
@@ -41,7 +43,7 @@ from correspondence.propagate import (build_model, encode_frame, iter_propagate,
                                       upsample_labels)
 
 
-METHODS = ("ours", "ours-global", "naive")
+METHODS = ("ours", "ours-fixed", "ours-global", "naive")
 PROTOCOL_TEMPERATURE = 0.02  # the protocol (our learned default is 0.05)
 
 
@@ -83,8 +85,8 @@ def run_child(method: str, seq_name: str, frames: int, checkpoint: str) -> dict:
     images = [_read_rgb(p, 854) for p in seq.frames[:frames]]
     labels0 = index_to_soft(first, int(first.max()) + 1)
     tic = time.time()
-    if method == "ours":
-        stream = list(iter_propagate(iter(images), labels0, model, PropagationConfig()))
+    if method in ("ours", "ours-fixed"):
+        stream = list(iter_propagate(iter(images), labels0, model, PropagationConfig(localize=method == "ours")))
     elif method == "ours-global":
         protocol = PropagationConfig(radius=0, first_frame_global=True, context_mixing="average", use_bf16=False,
                                      use_int8=False, match_dims=0, layer2_weight=0.0, pixel_weight=0.0,
@@ -110,6 +112,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(run_child(args.child, args.seq, args.frames, args.checkpoint)))
         return
+    print(f"CPU: {cpu_name()}; 2 torch threads; {args.seq}, {args.frames} frames at 480p")
     results = {}
     for method in METHODS:
         cmd = [sys.executable, __file__, "--child", method, "--seq", args.seq, "--frames", str(args.frames),
@@ -118,6 +121,9 @@ def main() -> None:
                                      .strip().splitlines()[-1])
         r = results[method]
         print(f"{method:11s} {r['frames_per_s']:.2f} frames/s  peak RSS {r['peak_rss_mb']:.0f} MB  J&F {r['J&F']:.4f}")
+    ours, fixed = results["ours"], results["ours-fixed"]
+    print(f"tracking cost: ours / ours-fixed frames/s {ours['frames_per_s'] / fixed['frames_per_s']:.2f}x, peak RSS "
+          f"{ours['peak_rss_mb'] / fixed['peak_rss_mb']:.2f}x, J&F {100 * (ours['J&F'] - fixed['J&F']):+.2f} points")
     naive = results["naive"]
     for method in ("ours", "ours-global"):
         r = results[method]

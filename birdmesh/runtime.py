@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +71,13 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and cpu_has_fast_bf16()
+
+
+def cpu_name() -> str:
+    """'<model name> (avx512: yes/no)' from lscpu, printed beside every benchmark timing (machines differ up to 2x)."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        return "unknown CPU"
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name")), "?")
+    return f"{model} (avx512: {'yes' if 'avx512f' in text else 'no'})"

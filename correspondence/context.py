@@ -85,13 +85,17 @@ def label_centre(labels: torch.Tensor) -> torch.Tensor | None:
     return torch.stack([(mass.sum(1) * ys).sum(), (mass.sum(0) * xs).sum()]).cpu() / total
 
 
-def tile_shift(source: torch.Tensor | None, target: torch.Tensor | None, tile: int = TILE) -> tuple[int, int]:
+def tile_shift(source: torch.Tensor | None, target: torch.Tensor | None, tile: int = TILE,
+               slack: float = 0.0) -> tuple[int, int]:
     """Whole tiles (dy, dx) from an object's centre in a context frame to its predicted centre in the target
-    (cells, (y, x)); (0, 0) when either is unknown. Rounding to tiles leaves windows within half a tile of the
-    exact centring, and a static object (centres within half a tile) is not moved at all."""
+    (cells, (y, x)), of the part of the motion beyond ``slack`` cells per axis (what the window's own reach
+    absorbs); (0, 0) when either is unknown. Rounding to tiles leaves windows within half a tile of that centring,
+    and a static object (centres within slack + half a tile) is not moved at all."""
     if source is None or target is None:
         return 0, 0
-    dy, dx = ((target - source) / tile).round().tolist()
+    motion = target - source
+    beyond = motion.sign() * (motion.abs() - slack).clamp_min(0.0)
+    dy, dx = (beyond / tile).round().tolist()
     return int(dy), int(dx)
 
 

@@ -29,6 +29,9 @@ MASS_FLOOR = 0.05  # memory cells with more label mass than this are all kept; t
 # its motion prediction keeps it well inside the windows, and the coarse match is skipped (its cost, its risk)
 SEARCH_SPEED = 0.25
 MASS_MEMORY = 0.8  # the track's reference mass: this share of the old one + the rest of each confident frame's
+# windows move only by the motion beyond this share of their reach: within it the window finds the object anyway, and
+# a label centre that wanders under occlusion (not motion) does not drag the windows off it (val_dev bmx-trees)
+SHIFT_SLACK = 0.5
 PRIOR_SPREAD = 1.0  # width of the motion prior around the predicted centre: object size + speed / 2 (Gaussian sigma)
 
 
@@ -220,8 +223,8 @@ def track_step(track: Track, features: torch.Tensor, context: list[ContextFrame]
     if sighting.centre is None:
         labels = background(context[0].labels)
     else:
-        shifts = [tile_shift(frame.centre, sighting.centre, TILE) if frame.window is not None else (0, 0)
-                  for frame in context]
+        shifts = [tile_shift(frame.centre, sighting.centre, TILE, SHIFT_SLACK * frame.window.reach)
+                  if frame.window is not None else (0, 0) for frame in context]
         labels = propagate_step(features, context, cfg, shifts)
     track, confident = update_track(track, sighting, labels, target, factor, cfg)
     return (labels if confident else background(labels)), track, confident

@@ -171,6 +171,9 @@ def test_shift_tile_flags_and_tile_shift_by_hand():
     assert not shift_tile_flags(flags, (2, 0), 3, 4).any()
     assert tile_shift(torch.tensor([10.0, 10.0]), torch.tensor([12.9, 3.0])) == (0, -1)
     assert tile_shift(None, torch.tensor([1.0, 1.0])) == (0, 0)
+    # with slack, only the motion beyond it moves the windows: 14 cells, slack 6 -> 8 cells -> 1 tile; 8 -> 2 -> none
+    assert tile_shift(torch.tensor([0.0, 0.0]), torch.tensor([-14.0, 8.0]), 6, slack=6.0) == (-1, 0)
+    assert tile_shift(torch.tensor([0.0, 0.0]), torch.tensor([26.0, -5.9]), 6, slack=6.0) == (3, 0)
 
 
 def test_label_centre_is_one_rule_for_masks_and_heatmaps():
