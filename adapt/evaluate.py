@@ -80,14 +80,15 @@ class RunOutputs:
 
 
 def list_sequences(davis: str | None, list_file: str | None, synthetic: str | None) -> list[EvalSequence]:
-    """The DAVIS sequences of ``list_file`` under ``davis``, then those of ``synthetic``/ImageSets/synth.txt."""
+    """The DAVIS sequences of ``list_file`` under ``davis``, then those of ``synthetic``/ImageSets/synth.txt
+    (of ``list_file`` when there is no ``davis``: one list names the sequences of the one dataset)."""
     out = []
     if davis:
         for name in read_sequence_list(davis, list_file or "birds_dev.txt"):
             seq = load_sequence(davis, name)
             out.append(EvalSequence(name, "davis", seq.frames, seq.annotations))
     if synthetic:
-        for name in read_sequence_list(synthetic, "synth.txt"):
+        for name in read_sequence_list(synthetic, list_file if list_file and not davis else "synth.txt"):
             seq = load_sequence(synthetic, name)
             gt = Path(synthetic) / "gt" / f"{name}.npz"
             if not gt.is_file():
@@ -239,7 +240,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--davis", help="DAVIS root (JPEGImages/480p, Annotations/480p, ImageSets)")
     parser.add_argument("--list",
-                        help="sequence list, relative to the DAVIS root or ImageSets (default: birds_dev.txt)")
+                        help="sequence list, relative to the DAVIS root or ImageSets (default: birds_dev.txt); "
+                             "without --davis, of the --synthetic folder (default: synth.txt)")
     parser.add_argument("--synthetic",
                         help="folder of `python -m mesh_recon.synth videos` (use a seed unused in training)")
     parser.add_argument("--out", required=True, help="output folder (written atomically)")

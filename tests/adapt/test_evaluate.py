@@ -277,3 +277,12 @@ def test_cli_runs_the_real_pipeline_on_a_tiny_clip(tmp_path):
     assert all(0 <= float(r["iou"]) <= 1 and r["cons_d1"] != "" and r["cons_d5"] == "" for r in rows)
     assert float(rows[0]["time_adapt_s"]) > 0 == float(rows[1]["time_adapt_s"])
     assert len(list((out / "runs" / "demo" / "adapted" / "meshes").glob("*.obj"))) == 3
+
+
+def test_list_names_the_synthetic_sequences_without_davis(tmp_path):
+    for name in ("synth-a", "synth-b"):
+        _write_dataset(tmp_path, name, synthetic=True)
+    (tmp_path / "ImageSets" / "synth.txt").write_text("synth-a\nsynth-b\n")
+    (tmp_path / "ImageSets" / "one.txt").write_text("synth-b\n")
+    assert [s.name for s in evaluate.list_sequences(None, None, str(tmp_path))] == ["synth-a", "synth-b"]
+    assert [s.name for s in evaluate.list_sequences(None, "one.txt", str(tmp_path))] == ["synth-b"]
