@@ -70,7 +70,8 @@ def predict_frames(model: MeshPredictor, images: Tensor, batch_size: int = 16, p
 
 
 def video_maps(pred: Prediction, crops: VideoCrops, chunk: int = 16) -> VideoMaps:
-    """Pool every valid frame's parts and texture into UV space (visibility-weighted, in chunks of frames) and
+    """Pool every valid frame's parts and texture into UV space (weighted by visibility and by whether the texel's
+    crop point lies inside the frame: beyond it crops are zero padding, not black bird; in chunks of frames) and
     average the shapes."""
     uv_hw = tuple(pred.uv_flow.shape[-2:])
     face_index, bary = texel_surface(pred.face_uvs, uv_hw)
@@ -79,10 +80,13 @@ def video_maps(pred: Prediction, crops: VideoCrops, chunk: int = 16) -> VideoMap
     parts, texture = UVPool(), UVPool()
     for start in range(0, len(frames), chunk):
         idx = frames[start:start + chunk]
-        visibility = texel_visibility(pred.verts[idx], pred.cams[idx], pred.faces, face_index, bary)
         flow = pred.uv_flow[idx]
-        parts.add(uv_maps_from_flow(crops.parts[idx].float(), flow), visibility)
-        texture.add(texture_from_flow(crops.images[idx], flow), visibility)
+        inside = inside_frame(crops.boxes[idx], crops.frame_hw, crops.images.shape[-1])
+        inside = -F.max_pool2d(-inside, 3, 1, 1)  # eroded by a pixel: bilinear samples there mix in the padding
+        inside = uv_maps_from_flow(inside, flow)
+        visibility = texel_visibility(pred.verts[idx], pred.cams[idx], pred.faces, face_index, bary) * inside
+        parts.add(uv_maps_from_flow(crops.parts[idx].float(), flow), visibility, inside)
+        texture.add(texture_from_flow(crops.images[idx], flow), visibility, inside)
     return VideoMaps(parts.result(), texture.result(), pred.verts[frames].mean(0))
 
 

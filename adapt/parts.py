@@ -111,22 +111,27 @@ def texel_visibility(verts: Tensor, cams: Tensor, faces: Tensor, face_index: Ten
 class UVPool:
     """Running visibility-weighted mean of per-frame UV maps, fed chunk by chunk (memory flat in video length).
 
-    Per texel: sum_t vis_t * uv_t / sum_t vis_t; texels no frame sees take the plain mean over frames (the flow
-    still points somewhere plausible, and the mirror-symmetric flow fills the hidden side from the visible one).
+    Per texel: sum_t vis_t * uv_t / sum_t vis_t; texels no frame sees take the mean over the frames whose crop shows
+    them inside the video frame (``inside``; all frames when none does): the flow still points somewhere
+    plausible, and the mirror-symmetric flow fills the hidden side from the visible one.
     """
 
     def __init__(self):
-        self.weighted = self.weight = self.plain = None
+        self.weighted = self.weight = self.plain = self.plain_weight = None
         self.count = 0
 
-    def add(self, uv_maps: Tensor, visibility: Tensor) -> "UVPool":
-        """Add frames: uv_maps (T, C, Hu, Wu), visibility (T, 1, Hu, Wu) in [0, 1]."""
-        terms = ((uv_maps * visibility).sum(0), visibility.sum(0), uv_maps.sum(0))
+    def add(self, uv_maps: Tensor, visibility: Tensor, inside: Tensor | None = None) -> "UVPool":
+        """Add frames: uv_maps (T, C, Hu, Wu), visibility (T, 1, Hu, Wu) in [0, 1] and ``inside`` (T, 1, Hu, Wu) in
+        [0, 1], whether the texel's crop point lies inside the video frame (None = everywhere; ``visibility``
+        should include it)."""
+        inside = torch.ones_like(visibility) if inside is None else inside
+        terms = ((uv_maps * visibility).sum(0), visibility.sum(0), (uv_maps * inside).sum(0), inside.sum(0),
+                 uv_maps.sum(0))
         if self.weighted is None:
-            self.weighted, self.weight, self.plain = terms
+            self.weighted, self.weight, self.plain, self.plain_weight, self.total = terms
         else:
-            self.weighted, self.weight, self.plain = (a + b for a, b in zip((self.weighted, self.weight, self.plain),
-                                                                            terms))
+            sums = (self.weighted, self.weight, self.plain, self.plain_weight, self.total)
+            self.weighted, self.weight, self.plain, self.plain_weight, self.total = (a + b for a, b in zip(sums, terms))
         self.count += uv_maps.shape[0]
         return self
 
@@ -135,7 +140,9 @@ class UVPool:
         if self.weighted is None:
             raise ValueError("UVPool: expected at least one frame, got none")
         seen = self.weighted / self.weight.clamp_min(1e-6)
-        return torch.where(self.weight > 0, seen, self.plain / self.count)
+        shown = torch.where(self.plain_weight > 0, self.plain / self.plain_weight.clamp_min(1e-6),
+                            self.total / self.count)
+        return torch.where(self.weight > 0, seen, shown)
 
 
 def pool_uv_maps(uv_maps: Tensor, visibility: Tensor) -> Tensor:

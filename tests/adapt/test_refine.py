@@ -119,3 +119,19 @@ def test_batched_predictions_pool_the_alignment_over_the_whole_video():
     expected = frame_wise.verts - moves + moves[keep].mean(0)
     torch.testing.assert_close(pooled.verts, expected)
     torch.testing.assert_close(pooled.cams, frame_wise.cams)
+
+
+def test_texture_pooling_ignores_the_padding_beyond_the_frame():
+    """Two views of one grey bird; the second crop sticks out of the frame on its left half (zero padding there).
+    Pooled texture: what the frames show inside the frame (0.6), not darkened towards the padding's black."""
+    model, _, pred = _scene(2)
+    pred = dataclasses.replace(pred, verts=pred.verts[:1].expand(2, -1, -1), cams=pred.cams[:1].expand(2, -1),
+                               uv_flow=pred.uv_flow[:1].expand(2, -1, -1, -1))
+    images = torch.full((2, 3, S, S), 0.6)
+    images[1, :, :, :S // 2] = 0.0  # crop pixels left of the frame's edge
+    boxes = torch.tensor([[0.0, 0.0, S, S], [-S / 2, 0.0, S / 2, S]])
+    mask = torch.ones(2, 1, S, S)
+    crops = VideoCrops(images, mask, torch.cat([1 - mask, mask], 1).half(), boxes, torch.ones(2, dtype=torch.bool),
+                       (S, S))
+    texture = video_maps(pred, crops).texture
+    assert float(texture.min()) > 0.59 and float(texture.max()) < 0.61
