@@ -117,7 +117,8 @@ class UVPool:
     """
 
     def __init__(self):
-        self.weighted = self.weight = self.plain = self.plain_weight = None
+        # visibility-weighted sum and weight; inside-the-frame-weighted sum and weight; plain sum (the fallbacks)
+        self.weighted = self.weight = self.plain = self.plain_weight = self.total = None
         self.count = 0
 
     def add(self, uv_maps: Tensor, visibility: Tensor, inside: Tensor | None = None) -> "UVPool":

@@ -6,9 +6,9 @@ Each method runs in its own child process (so peak RSS is its own) on the same 4
 frames/s, peak RAM and J&F; then the ratios. The naive protocol (UVC's test.py): global affinity over the whole
 frame, first frame + 7 previous predictions as references, per reference the top-5 of each target mixed with
 softmax(similarity / temperature), the 8 propagations averaged. Methods:
-  ours         the default propagation (with the object tracked: ``localize``) (the first frame within ``radius_first``, the previous frames within
-               ``radius_previous``, on the first frame's principal components, one top-k over all of them;
-               bfloat16 on CPUs with native bf16, else the encoder in int8);
+  ours         the default propagation: the object tracked (``localize``), the first frame within
+               ``radius_first``, the previous frames within ``radius_previous``, on the first frame's principal
+               components, one top-k over all of them; bfloat16 on CPUs with native bf16, else the encoder in int8;
   ours-fixed   the same without the tracking (``localize=False``: windows fixed in place, as before it): the
                tracking's cost;
   ours-global  our streaming code on the naive protocol (radius off, all output channels, per-frame top-k averaged,
