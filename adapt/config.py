@@ -70,6 +70,11 @@ class LossWeights:
     pose_prior: NonNegative = 0.001  # squared Mahalanobis distance per dimension to the avian pose prior (fitted on
     # perched birds: at 0.01 it folded a spread wing back against the silhouette, tests/adapt/test_pose_space.py)
     bone_prior: NonNegative = 0.01  # the same for the bone-length factors
+    # squared Frobenius distance of every joint rotation to the network's frame-wise prediction (before the
+    # adaptation; in the refinement, the adapted network's): propagated masks that lose a beating wing otherwise fold
+    # it (synthetic flap / peck, step-7000 predictor: camera-frame Chamfer 0.0289 / 0.0253 at 0 -> 0.0175 / 0.0232
+    # at 10, 0.0195 / 0.0218 at 100; frame-wise 0.0241 / 0.0199)
+    pose_anchor: NonNegative = 10.0
     rotation_smooth: NonNegative = 1.0  # consecutive-frame change of every joint rotation (squared Frobenius)
     fold: NonNegative = 10.0  # adjacent faces folding beyond the rest bird's (relu(cos_rest - cos))
     consistency: NonNegative = 10.0  # per-frame bones / residual vs the video's shared ones

@@ -206,7 +206,7 @@ def adapt_predictor(model: MeshPredictor, crops: VideoCrops, maps: VideoMaps, cf
         if track is not None:
             pred = with_track(pred, track[frames])
             terms, _ = image_terms(pred, crops, frames, maps, renderer)
-            terms.update(articulated_terms(pred, model.template, reference))
+            terms.update(articulated_terms(pred, model.template, reference, frames))
             loss, stats = weigh(terms, weights)
         else:
             if pool_align:

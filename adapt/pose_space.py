@@ -80,12 +80,14 @@ def rotation_smoothness(rotations: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class ShapeReference:
     """What the frames of a video share: bone_scale (24,), residual (V, 3) model frame; fold data: pairs (P, 2) and
-    rest_cos (P,) of the template's rest mesh."""
+    rest_cos (P,) of the template's rest mesh; rotations (T, 24, 3, 3): every frame's joint rotations as the network
+    predicted them before the video's terms moved them (the pose anchor)."""
 
     bone_scale: Tensor
     residual: Tensor
     pairs: Tensor
     rest_cos: Tensor
+    rotations: Tensor
 
 
 def shape_reference(pred: ArticulatedPrediction, template: SkinnedTemplate, keep: Tensor | None = None
@@ -95,13 +97,17 @@ def shape_reference(pred: ArticulatedPrediction, template: SkinnedTemplate, keep
     pairs = face_pairs(template.faces)
     rest_cos = adjacent_cosines(template.verts, template.faces, pairs)
     return ShapeReference(pred.bone_scale[idx].log().mean(0).exp().detach(), pred.residual[idx].mean(0).detach(),
-                          pairs, rest_cos)
+                          pairs, rest_cos, pred.rotations.detach())
 
 
-def articulated_terms(pred: ArticulatedPrediction, template: SkinnedTemplate, ref: ShapeReference) -> dict:
-    """Pose / bone priors, rotation smoothness, fold, and consistency of bones and residual with the video's."""
+def articulated_terms(pred: ArticulatedPrediction, template: SkinnedTemplate, ref: ShapeReference, frames: Tensor
+                      ) -> dict:
+    """Pose / bone priors, the pose anchor, rotation smoothness, fold, and consistency of bones and residual with
+    the video's, for the prediction of frames ``frames`` (B,)."""
     scale = template.canonical_scale
     return {"pose_prior": pose_prior_loss(pred.rotations, template),
+            # silhouettes and parts say little about depth: a joint turns only as far as they need
+            "pose_anchor": (pred.rotations - ref.rotations[frames]).square().sum((-2, -1)).mean(),
             "bone_prior": bone_prior_loss(pred.bone_scale, template),
             "rotation_smooth": rotation_smoothness(pred.rotations),
             "fold": fold_loss(pred.verts, pred.faces, ref.pairs, ref.rest_cos),
@@ -190,7 +196,7 @@ def refine_pose_space(pred: ArticulatedPrediction, crops: VideoCrops, maps: Vide
         frames = torch.from_numpy(next(windows)).to(device)
         window = current(frames)
         terms, _ = image_terms(window, crops, frames, maps, renderer)
-        terms.update(articulated_terms(window, template, ref))
+        terms.update(articulated_terms(window, template, ref, frames))
         loss, stats = weigh(terms, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -10,8 +10,8 @@ from scipy.spatial.transform import Rotation
 
 from adapt.config import LossWeights, OptimConfig
 from adapt.optimize import VideoCrops, VideoMaps
-from adapt.pose_space import (adjacent_cosines, bone_prior_loss, face_pairs, fold_loss, pose_prior_loss,
-                              refine_pose_space, shape_reference)
+from adapt.pose_space import (adjacent_cosines, articulated_terms, bone_prior_loss, face_pairs, fold_loss,
+                              pose_prior_loss, refine_pose_space, select_frames, shape_reference)
 from mesh_recon.articulated import ArticulatedPrediction
 from mesh_recon.bird_model import LEFT_WING, RIGHT_WING, axis_angle_to_matrix, load_bird_model
 from mesh_recon.bird_motion import spread_wing_pose
@@ -112,3 +112,20 @@ def test_refinement_raises_the_wing_the_silhouette_shows(template):  # ~20 s
     ref = shape_reference(refined, template)
     folds = [float(fold_loss(p.verts, template.faces, ref.pairs, ref.rest_cos)) for p in (refined, init, gt)]
     assert folds[0] <= max(folds[1:]) + 0.005, folds  # no more folded than the spread-wing poses themselves
+
+
+def test_pose_anchor_by_hand(template):
+    # one joint of frame 1 turned by theta: ||R - I||_F^2 = 4 (1 - cos theta), averaged over 2 frames x 24 joints
+    theta, T = 0.7, 2
+    eye = torch.eye(3).expand(T, 24, 3, 3).clone()
+    pred = _prediction(template, eye, torch.tensor([[0.5, 0, 0, 1, 0, 0, 0]]).expand(T, 7))
+    ref = shape_reference(pred, template)
+    turned = eye.clone()
+    turned[1, 5] = axis_angle_to_matrix(torch.tensor([0.0, 0.0, theta]))
+    moved = _prediction(template, turned, pred.cams)
+    frames = torch.arange(T)
+    assert float(articulated_terms(pred, template, ref, frames)["pose_anchor"]) == 0.0
+    expected = 4 * (1 - math.cos(theta)) / (T * 24)
+    assert math.isclose(float(articulated_terms(moved, template, ref, frames)["pose_anchor"]), expected, rel_tol=1e-5)
+    # the anchor compares each frame with its own reference: frame 1 alone against frame 0's rotations is not zero
+    assert float(articulated_terms(select_frames(moved, frames[1:]), template, ref, frames[:1])["pose_anchor"]) > 0
