@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Optional
 
 from birdmesh.config import Count, Fraction, FrameSide, NonNegative, NonNegativeInt, Positive, RenderSide
 from correspondence.config import PropagationConfig
@@ -90,13 +90,21 @@ class OptimConfig:
     sigma: Positive = 1e-4  # SoftRas coverage sharpness (NDC^2)
     gamma: Positive = 1e-4  # SoftRas depth temperature
     base_momentum: Fraction = 0.9  # running average of the shared base shape (per step)
-    # per-frame refinement after the adaptation (adapt/refine.py): symmetric vertex offsets + camera corrections
-    # + one offset shared by the video; birds_dev adapted IoU 0.712 -> 0.767 with the step-15500 predictor
-    refine_iterations: NonNegativeInt = 600  # steps over windows of batch_size frames (0 = off)
+    # per-frame refinement after the adaptation, steps over windows of batch_size frames (0 = off); None = by
+    # predictor: 600 free-form (adapt/refine.py: symmetric vertex offsets + camera corrections + one offset shared by
+    # the video; birds_dev adapted IoU 0.712 -> 0.767 with the step-15500 predictor), 300 articulated
+    # (adapt/pose_space.py; with the pose anchor, synthetic Chamfer 0.0196 at 600 -> 0.0192 at 300, half the time)
+    refine_iterations: Optional[NonNegativeInt] = None
     refine_lr: Positive = 3e-3  # Adam learning rate of the offsets (canonical units) and camera corrections
     refine_render_size: RenderSide = 64  # side of the soft renders during the refinement
     viewpoint_switch_cost: NonNegative = 2.0  # articulated: cost of one radian of camera rotation between frames
     # when one camera-hypothesis track is chosen for the video (adapt/viewpoint.py)
+
+    def refine_steps(self, articulated: bool) -> int:
+        """The refinement's steps for a free-form or an articulated predictor (``refine_iterations`` resolved)."""
+        if self.refine_iterations is not None:
+            return self.refine_iterations
+        return 300 if articulated else 600
 
 
 @dataclass(frozen=True)

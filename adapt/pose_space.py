@@ -166,7 +166,8 @@ def refine_pose_space(pred: ArticulatedPrediction, crops: VideoCrops, maps: Vide
     basis. Returns the refined prediction of all T frames and the loss history.
     """
     ref = shape_reference(pred, template, crops.valid)
-    if cfg.refine_iterations <= 0:
+    steps = cfg.refine_steps(True)
+    if steps <= 0:
         return posed(pred, template, pred.rotations, ref.bone_scale, ref.residual, pred.cams), []
     T, device = len(pred.verts), pred.verts.device
     identity = matrix_to_rotation_6d(torch.eye(3, device=device))
@@ -190,7 +191,7 @@ def refine_pose_space(pred: ArticulatedPrediction, crops: VideoCrops, maps: Vide
         return posed(select_frames(pred, frames), template, rotations, bones, residual, cams)
 
     windows, history = frame_windows(T, cfg.batch_size, seed + 1), []
-    bar = tqdm(range(cfg.refine_iterations), desc="refine pose", unit="step")
+    bar = tqdm(range(steps), desc="refine pose", unit="step")
     for step in bar:
         tic = time.time()
         frames = torch.from_numpy(next(windows)).to(device)

@@ -47,12 +47,13 @@ def _select(pred: Prediction, frames: Tensor) -> Prediction:
 
 def refine_frames(pred: Prediction, crops: VideoCrops, maps: VideoMaps, sym: SymmetricMesh, cfg: OptimConfig,
                   weights: LossWeights, seed: int = 0) -> tuple[Prediction, list[dict]]:
-    """Optimize per-frame offsets, camera corrections and a shared offset for ``cfg.refine_iterations`` steps.
+    """Optimize per-frame offsets, camera corrections and a shared offset for ``cfg.refine_steps(False)`` steps.
 
     Each step takes a window of up to ``cfg.batch_size`` consecutive frames (``frame_windows``, as the adaptation
     does), so the temporal terms see neighbours. Returns the refined Prediction of all T frames and the loss history.
     """
-    if cfg.refine_iterations <= 0:
+    steps = cfg.refine_steps(False)
+    if steps <= 0:
         return pred, []
     T, num_free, device = len(crops.images), sym.num_centre + sym.num_right, pred.verts.device
     offsets = torch.zeros(T, num_free, 3, device=device, requires_grad=True)
@@ -63,7 +64,7 @@ def refine_frames(pred: Prediction, crops: VideoCrops, maps: VideoMaps, sym: Sym
     laplacian = uniform_laplacian(pred.faces, len(maps.base)).to(device=maps.base.device, dtype=maps.base.dtype)
     windows, history = frame_windows(T, cfg.batch_size, seed + 1), []
     fixed = dataclasses.replace(pred, verts=pred.verts.detach(), cams=pred.cams.detach())
-    bar = tqdm(range(cfg.refine_iterations), desc="refine", unit="step")
+    bar = tqdm(range(steps), desc="refine", unit="step")
     for step in bar:
         tic = time.time()
         frames = torch.from_numpy(next(windows)).to(crops.images.device)

@@ -130,12 +130,12 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
             viewpoint = video_viewpoint(pred, crops, switch_cost=cfg.optim.viewpoint_switch_cost)
             pred = with_track(pred, viewpoint.track)
         final = video_maps(pred, crops)
+    steps = 0 if args.no_adapt else cfg.optim.refine_steps(articulated)
+    optim = dataclasses.replace(cfg.optim, refine_iterations=steps)
     if articulated:  # the video shares one skeleton and base shape, adapted or not
-        optim = cfg.optim if not args.no_adapt else dataclasses.replace(cfg.optim, refine_iterations=0)
         pred, refine_history = refine_pose_space(pred, crops, final, predictor.template, optim, cfg.loss, cfg.seed)
     elif not args.no_adapt:
-        pred, refine_history = refine_frames(pred, crops, final, predictor.template.sym, cfg.optim, cfg.loss,
-                                             cfg.seed)
+        pred, refine_history = refine_frames(pred, crops, final, predictor.template.sym, optim, cfg.loss, cfg.seed)
     lap("refine")
     # 5. Export.
     processed_wh = (crops.frame_hw[1], crops.frame_hw[0])

@@ -1,17 +1,19 @@
-"""Tests of the pose-space adaptation: fold term by hand, priors at their means, and the refinement recovering a
-raised wing from silhouettes alone."""
+"""Tests of the pose-space adaptation: fold term, pose anchor and priors by hand, the refinement recovering a raised
+wing from silhouettes alone, and its number of steps by predictor."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from adapt.config import LossWeights, OptimConfig
+from adapt.config import AdaptConfig, LossWeights, OptimConfig
 from adapt.optimize import VideoCrops, VideoMaps
 from adapt.pose_space import (adjacent_cosines, articulated_terms, bone_prior_loss, face_pairs, fold_loss,
                               pose_prior_loss, refine_pose_space, select_frames, shape_reference)
+from birdmesh.config import load_config
 from mesh_recon.articulated import ArticulatedPrediction
 from mesh_recon.bird_model import LEFT_WING, RIGHT_WING, axis_angle_to_matrix, load_bird_model
 from mesh_recon.bird_motion import spread_wing_pose
@@ -129,3 +131,13 @@ def test_pose_anchor_by_hand(template):
     assert math.isclose(float(articulated_terms(moved, template, ref, frames)["pose_anchor"]), expected, rel_tol=1e-5)
     # the anchor compares each frame with its own reference: frame 1 alone against frame 0's rotations is not zero
     assert float(articulated_terms(select_frames(moved, frames[1:]), template, ref, frames[:1])["pose_anchor"]) > 0
+
+
+def test_refinement_steps_by_predictor():
+    # configs/adapt.yaml leaves refine_iterations null: each predictor gets its own number; a given number wins
+    path = Path(__file__).resolve().parents[2] / "configs" / "adapt.yaml"
+    cfg = load_config(AdaptConfig, path)
+    assert cfg.optim.refine_iterations is None
+    assert (cfg.optim.refine_steps(articulated=True), cfg.optim.refine_steps(articulated=False)) == (300, 600)
+    fixed = load_config(AdaptConfig, path, ["optim.refine_iterations=0"]).optim
+    assert (fixed.refine_steps(True), fixed.refine_steps(False)) == (0, 0)
