@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from birdmesh.runtime import data_root  # noqa: E402
+from birdmesh.runtime import cpu_name, data_root  # noqa: E402
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
         wall = time.time() - tic
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         report = json.loads((out / "report.json").read_text())
-    print(f"{args.seq}: {report['frames']} frames, adapted={report['adapted']}")
+    print(f"CPU: {cpu_name()}; {args.seq}: {report['frames']} frames, adapted={report['adapted']}")
     for stage, seconds in report["timings_s"].items():
         print(f"  {stage:10s} {seconds:7.1f} s  ({seconds / report['frames']:.2f} s/frame)")
     print(f"wall {wall:.1f} s (target <= 240 s: {wall / 240:.2f} of it), peak RSS {peak_mb:.0f} MB "
