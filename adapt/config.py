@@ -71,10 +71,11 @@ class LossWeights:
     # perched birds: at 0.01 it folded a spread wing back against the silhouette, tests/adapt/test_pose_space.py)
     bone_prior: NonNegative = 0.01  # the same for the bone-length factors
     # squared Frobenius distance of every joint rotation to the network's frame-wise prediction (before the
-    # adaptation; in the refinement, the adapted network's): propagated masks that lose a beating wing otherwise fold
-    # it (synthetic flap / peck, step-7000 predictor: camera-frame Chamfer 0.0289 / 0.0253 at 0 -> 0.0175 / 0.0232
-    # at 10, 0.0195 / 0.0218 at 100; frame-wise 0.0241 / 0.0199)
-    pose_anchor: NonNegative = 10.0
+    # adaptation; in the refinement, the adapted network's), in each frame times the squared IoU of that prediction's
+    # silhouette with the propagated mask (pose_space.shape_reference): propagated masks that lose a beating wing
+    # otherwise fold it. Synthetic 4 videos (step-7000 predictor, refine 300): camera-frame Chamfer 0.0265 at 0 ->
+    # 0.0192 at 10 unweighted -> 0.0193 at 20 weighted; birds_dev IoU 0.642 -> 0.570 -> 0.586
+    pose_anchor: NonNegative = 20.0
     rotation_smooth: NonNegative = 1.0  # consecutive-frame change of every joint rotation (squared Frobenius)
     fold: NonNegative = 10.0  # adjacent faces folding beyond the rest bird's (relu(cos_rest - cos))
     consistency: NonNegative = 10.0  # per-frame bones / residual vs the video's shared ones

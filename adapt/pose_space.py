@@ -81,23 +81,28 @@ def rotation_smoothness(rotations: Tensor) -> Tensor:
 class ShapeReference:
     """What the frames of a video share: bone_scale (24,), residual (V, 3) model frame; fold data: pairs (P, 2) and
     rest_cos (P,) of the template's rest mesh; rotations (T, 24, 3, 3): every frame's joint rotations as the network
-    predicted them before the video's terms moved them (the pose anchor)."""
+    predicted them before the video's terms moved them (the pose anchor), held in each frame by anchor_weight (T,)."""
 
     bone_scale: Tensor
     residual: Tensor
     pairs: Tensor
     rest_cos: Tensor
     rotations: Tensor
+    anchor_weight: Tensor
 
 
-def shape_reference(pred: ArticulatedPrediction, template: SkinnedTemplate, keep: Tensor | None = None
-                    ) -> ShapeReference:
-    """The video's shared bones (geometric mean) and residual (mean) over frames ``keep`` (T,) bool, and fold data."""
+def shape_reference(pred: ArticulatedPrediction, template: SkinnedTemplate, keep: Tensor | None = None,
+                    fit: Tensor | None = None) -> ShapeReference:
+    """The video's shared bones (geometric mean) and residual (mean) over frames ``keep`` (T,) bool, fold data, and
+    the pose anchor: each frame's rotations, weighted by ``fit`` (T,) squared, how well the frame's prediction already
+    covers its propagated mask (IoU; None = 1): a network whose silhouette misses the bird is not trusted for its pose.
+    """
     idx = torch.nonzero(keep).flatten() if keep is not None and bool(keep.any()) else torch.arange(len(pred.verts))
     pairs = face_pairs(template.faces)
     rest_cos = adjacent_cosines(template.verts, template.faces, pairs)
     return ShapeReference(pred.bone_scale[idx].log().mean(0).exp().detach(), pred.residual[idx].mean(0).detach(),
-                          pairs, rest_cos, pred.rotations.detach())
+                          pairs, rest_cos, pred.rotations.detach(),
+                          torch.ones(len(pred.verts), device=pred.verts.device) if fit is None else fit.square())
 
 
 def articulated_terms(pred: ArticulatedPrediction, template: SkinnedTemplate, ref: ShapeReference, frames: Tensor
@@ -107,7 +112,8 @@ def articulated_terms(pred: ArticulatedPrediction, template: SkinnedTemplate, re
     scale = template.canonical_scale
     return {"pose_prior": pose_prior_loss(pred.rotations, template),
             # silhouettes and parts say little about depth: a joint turns only as far as they need
-            "pose_anchor": (pred.rotations - ref.rotations[frames]).square().sum((-2, -1)).mean(),
+            "pose_anchor": (ref.anchor_weight[frames, None] * (pred.rotations - ref.rotations[frames]).square().sum(
+                (-2, -1))).mean(),
             "bone_prior": bone_prior_loss(pred.bone_scale, template),
             "rotation_smooth": rotation_smoothness(pred.rotations),
             "fold": fold_loss(pred.verts, pred.faces, ref.pairs, ref.rest_cos),
@@ -122,17 +128,24 @@ def select_frames(pred: ArticulatedPrediction, frames: Tensor) -> ArticulatedPre
 
 
 @torch.no_grad()
+def silhouette_fit(verts: Tensor, faces: Tensor, cams: Tensor, crops: VideoCrops, size: int = 64) -> Tensor:
+    """(T,) IoU of each frame's hard silhouette (verts (T, V, 3), cams (T, 7)) with its propagated mask, at ``size``
+    pixels; 0 where the bird vanished (it says nothing there)."""
+    masks = (F.interpolate(crops.masks, size=(size, size), mode="area") > 0.5).float().cpu()
+    sil = render_hard(weak_perspective_project(verts, cams), faces, size).mask
+    iou = mask_iou(sil.cpu(), masks)[:, 0]
+    iou[~crops.valid.cpu()] = 0.0
+    return iou.to(verts.device)
+
+
+@torch.no_grad()
 def video_viewpoint(pred: ArticulatedPrediction, crops: VideoCrops, size: int = 64, switch_cost: float = 2.0
                     ) -> ViewpointTrack:
     """Choose one camera-hypothesis track for the video: each hypothesis' hard silhouette against the propagated
     mask (IoU) and its probability, with smooth camera motion (``viewpoint.choose_viewpoint_track``)."""
     T, H = pred.cam_hypotheses.shape[:2]
-    masks = (F.interpolate(crops.masks, size=(size, size), mode="area") > 0.5).float().cpu()
-    iou = torch.zeros(T, H)
-    for h in range(H):
-        sil = render_hard(weak_perspective_project(pred.verts, pred.cam_hypotheses[:, h]), pred.faces, size).mask
-        iou[:, h] = mask_iou(sil.cpu(), masks)[:, 0]
-    iou[~crops.valid.cpu()] = 0.0  # a vanished bird says nothing about the viewpoint
+    iou = torch.stack([silhouette_fit(pred.verts, pred.faces, pred.cam_hypotheses[:, h], crops, size)
+                       for h in range(H)], 1)
     from mesh_recon.geometry import quaternion_to_rotation_matrix
 
     rotations = quaternion_to_rotation_matrix(pred.cam_hypotheses[..., 3:].cpu())
@@ -165,7 +178,7 @@ def refine_pose_space(pred: ArticulatedPrediction, crops: VideoCrops, maps: Vide
     log factor (mirror partners equal), the residual by a shared symmetric combination of the template's smooth
     basis. Returns the refined prediction of all T frames and the loss history.
     """
-    ref = shape_reference(pred, template, crops.valid)
+    ref = shape_reference(pred, template, crops.valid, silhouette_fit(pred.verts, pred.faces, pred.cams, crops))
     steps = cfg.refine_steps(True)
     if steps <= 0:
         return posed(pred, template, pred.rotations, ref.bone_scale, ref.residual, pred.cams), []

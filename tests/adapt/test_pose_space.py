@@ -12,7 +12,7 @@ from scipy.spatial.transform import Rotation
 from adapt.config import AdaptConfig, LossWeights, OptimConfig
 from adapt.optimize import VideoCrops, VideoMaps
 from adapt.pose_space import (adjacent_cosines, articulated_terms, bone_prior_loss, face_pairs, fold_loss,
-                              pose_prior_loss, refine_pose_space, select_frames, shape_reference)
+                              pose_prior_loss, refine_pose_space, select_frames, shape_reference, silhouette_fit)
 from birdmesh.config import load_config
 from mesh_recon.articulated import ArticulatedPrediction
 from mesh_recon.bird_model import LEFT_WING, RIGHT_WING, axis_angle_to_matrix, load_bird_model
@@ -131,6 +131,10 @@ def test_pose_anchor_by_hand(template):
     assert math.isclose(float(articulated_terms(moved, template, ref, frames)["pose_anchor"]), expected, rel_tol=1e-5)
     # the anchor compares each frame with its own reference: frame 1 alone against frame 0's rotations is not zero
     assert float(articulated_terms(select_frames(moved, frames[1:]), template, ref, frames[:1])["pose_anchor"]) > 0
+    # a frame whose prediction fits its mask by IoU 0.5 holds its joints with a quarter of the weight
+    trusted = shape_reference(pred, template, fit=torch.tensor([1.0, 0.5]))
+    assert math.isclose(float(articulated_terms(moved, template, trusted, frames)["pose_anchor"]), expected / 4,
+                        rel_tol=1e-5)
 
 
 def test_refinement_steps_by_predictor():
@@ -141,3 +145,21 @@ def test_refinement_steps_by_predictor():
     assert (cfg.optim.refine_steps(articulated=True), cfg.optim.refine_steps(articulated=False)) == (300, 600)
     fixed = load_config(AdaptConfig, path, ["optim.refine_iterations=0"]).optim
     assert (fixed.refine_steps(True), fixed.refine_steps(False)) == (0, 0)
+
+
+def test_silhouette_fit_by_hand(template):
+    # frame 0: the mask is the mesh's own silhouette (IoU 1); frame 1: the right half of it (IoU ~1/2 of the pixels);
+    # frame 2: the bird vanished (0 whatever the mask)
+    T, S = 3, 64
+    cams = torch.tensor([[0.5, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]]).expand(T, 7)
+    pred = _prediction(template, torch.eye(3).expand(T, 24, 3, 3).clone(), cams)
+    sil = render_hard(weak_perspective_project(pred.verts, cams), template.faces, S).mask
+    masks = sil.clone()
+    masks[1, ..., : S // 2] = 0
+    crops = VideoCrops(images=torch.zeros(T, 3, S, S), masks=masks, parts=masks.half(),
+                       boxes=torch.tensor([[0.0, 0.0, S, S]]).expand(T, 4),
+                       valid=torch.tensor([True, True, False]), frame_hw=(S, S))
+    fit = silhouette_fit(pred.verts, pred.faces, cams, crops, S)
+    expected_half = float(masks[1].sum() / sil[1].sum())
+    assert fit[0] == 1.0 and fit[2] == 0.0
+    assert math.isclose(float(fit[1]), expected_half, rel_tol=1e-6) and 0.2 < expected_half < 0.8
