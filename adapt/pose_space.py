@@ -5,7 +5,9 @@ rotations and the camera. There are no free per-frame vertex offsets, so a silho
 be matched by moving the skeleton: the coverage term's pull on the nearest vertex turns a limb or the neck, and a
 fold-preventing term keeps the skinned surface from crumpling where joints bend. The same image terms as the
 free-form adaptation (``optimize.image_terms``) plus the avian pose and bone priors, temporal smoothness of joint
-rotations, and consistency of the per-frame bones and residuals with the video's.
+rotations, consistency of the per-frame bones and residuals with the video's, and a pose anchor: a 2-D mask cannot
+tell a wing folded down from one spread towards the camera, so each frame's joints stay near the network's own
+prediction, as firmly as that prediction's silhouette already fits the frame.
 """
 from __future__ import annotations
 
