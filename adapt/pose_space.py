@@ -181,7 +181,7 @@ def refine_pose_space(pred: ArticulatedPrediction, crops: VideoCrops, maps: Vide
     basis. Returns the refined prediction of all T frames and the loss history.
     """
     ref = shape_reference(pred, template, crops.valid, silhouette_fit(pred.verts, pred.faces, pred.cams, crops))
-    steps = cfg.refine_steps(True)
+    steps = cfg.refine_steps(articulated=True)
     if steps <= 0:
         return posed(pred, template, pred.rotations, ref.bone_scale, ref.residual, pred.cams), []
     T, device = len(pred.verts), pred.verts.device

@@ -47,12 +47,12 @@ def _select(pred: Prediction, frames: Tensor) -> Prediction:
 
 def refine_frames(pred: Prediction, crops: VideoCrops, maps: VideoMaps, sym: SymmetricMesh, cfg: OptimConfig,
                   weights: LossWeights, seed: int = 0) -> tuple[Prediction, list[dict]]:
-    """Optimize per-frame offsets, camera corrections and a shared offset for ``cfg.refine_steps(False)`` steps.
+    """Optimize per-frame offsets, camera corrections and a shared offset for ``cfg.refine_steps(articulated=False)`` steps.
 
     Each step takes a window of up to ``cfg.batch_size`` consecutive frames (``frame_windows``, as the adaptation
     does), so the temporal terms see neighbours. Returns the refined Prediction of all T frames and the loss history.
     """
-    steps = cfg.refine_steps(False)
+    steps = cfg.refine_steps(articulated=False)
     if steps <= 0:
         return pred, []
     T, num_free, device = len(crops.images), sym.num_centre + sym.num_right, pred.verts.device
