@@ -47,7 +47,7 @@ def _select(pred: Prediction, frames: Tensor) -> Prediction:
 
 def refine_frames(pred: Prediction, crops: VideoCrops, maps: VideoMaps, sym: SymmetricMesh, cfg: OptimConfig,
                   weights: LossWeights, seed: int = 0) -> tuple[Prediction, list[dict]]:
-    """Optimize per-frame offsets, camera corrections and a shared offset (``cfg.refine_steps(articulated=False)`` steps).
+    """Optimize per-frame offsets, camera corrections and a shared offset (``cfg.refine_steps(False)`` steps).
 
     Each step takes a window of up to ``cfg.batch_size`` consecutive frames (``frame_windows``, as the adaptation
     does), so the temporal terms see neighbours. Returns the refined Prediction of all T frames and the loss history.
