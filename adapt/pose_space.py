@@ -107,6 +107,11 @@ def shape_reference(pred: ArticulatedPrediction, template: SkinnedTemplate, keep
                           torch.ones(len(pred.verts), device=pred.verts.device) if fit is None else fit.square())
 
 
+def video_reference(pred: ArticulatedPrediction, template: SkinnedTemplate, crops: VideoCrops) -> ShapeReference:
+    """``shape_reference`` over the video's valid frames, its pose anchor weighted by each frame's silhouette fit."""
+    return shape_reference(pred, template, crops.valid, silhouette_fit(pred.verts, pred.faces, pred.cams, crops))
+
+
 def articulated_terms(pred: ArticulatedPrediction, template: SkinnedTemplate, ref: ShapeReference, frames: Tensor
                       ) -> dict:
     """Pose / bone priors, the pose anchor, rotation smoothness, fold, and consistency of bones and residual with
@@ -180,10 +185,11 @@ def refine_pose_space(pred: ArticulatedPrediction, crops: VideoCrops, maps: Vide
     log factor (mirror partners equal), the residual by a shared symmetric combination of the template's smooth
     basis. Returns the refined prediction of all T frames and the loss history.
     """
-    ref = shape_reference(pred, template, crops.valid, silhouette_fit(pred.verts, pred.faces, pred.cams, crops))
     steps = cfg.refine_steps(articulated=True)
     if steps <= 0:
+        ref = shape_reference(pred, template, crops.valid)
         return posed(pred, template, pred.rotations, ref.bone_scale, ref.residual, pred.cams), []
+    ref = video_reference(pred, template, crops)
     T, device = len(pred.verts), pred.verts.device
     identity = matrix_to_rotation_6d(torch.eye(3, device=device))
     rot_delta = torch.zeros(T, pred.rotations.shape[1], 6, device=device, requires_grad=True)

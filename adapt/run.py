@@ -38,7 +38,7 @@ from .inputs import (DEMO_MASK, DEMO_VIDEO, box_mask, box_numbers, parse_box, re
 from .optimize import adapt_predictor, predict_frames, video_maps
 from .outputs import project_to_ndc, write_masks, write_overlay, write_parts, write_report
 from .refine import refine_frames
-from .pose_space import refine_pose_space, shape_reference, silhouette_fit, video_viewpoint, with_track
+from .pose_space import refine_pose_space, video_reference, video_viewpoint, with_track
 from .stages import cached_propagate_and_crop, first_frame_labels, guess_first_mask
 from .viewpoint import viewpoint_report
 
@@ -120,8 +120,7 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     # 4. Online adaptation.
     history = [] if args.no_adapt else adapt_predictor(
         predictor, crops, maps, cfg.optim, cfg.loss, cfg.seed, pool, track=viewpoint.track if viewpoint else None,
-        reference=shape_reference(pred, predictor.template, crops.valid,
-                                  silhouette_fit(pred.verts, pred.faces, pred.cams, crops)) if articulated else None)
+        reference=video_reference(pred, predictor.template, crops) if articulated else None)
     lap("adapt")
     # 4b. The adapted predictions, then per-frame refinement (pooled maps and base shape from the adapted model).
     final, refine_history = maps, []
