@@ -32,10 +32,44 @@ def inside_frame(boxes: Tensor, frame_hw: tuple[int, int], size: int) -> Tensor:
     return inside.to(boxes.dtype).reshape(B, 1, size, size)
 
 
+SIDES = ("top", "bottom", "left", "right")
+
+
+def border_sides(object_masks: np.ndarray, margin: float = 0.0) -> np.ndarray:
+    """Which sides of the frame each object reaches.
+
+    Args:
+        object_masks: (T, H, W) bool or label masks (> 0 is the object).
+        margin: a side counts as reached by an object pixel within ``margin`` of the frame's size from it
+            (0: on the outer ring of pixels only).
+    Returns:
+        (T, 4) bool, columns in ``SIDES`` order (top, bottom, left, right).
+    """
+    fg = object_masks > 0
+    _, H, W = fg.shape
+    my, mx = 1 + int(margin * H), 1 + int(margin * W)
+    return np.stack([fg[:, :my].any((1, 2)), fg[:, H - my:].any((1, 2)),
+                     fg[:, :, :mx].any((1, 2)), fg[:, :, W - mx:].any((1, 2))], 1)
+
+
 def touches_border(object_masks: np.ndarray) -> np.ndarray:
     """(T, H, W) bool or label masks (> 0 is the object) -> (T,) bool: some object pixel is on the outer ring."""
-    fg = object_masks > 0
-    return fg[:, 0].any(1) | fg[:, -1].any(1) | fg[:, :, 0].any(1) | fg[:, :, -1].any(1)
+    return border_sides(object_masks).any(1)
+
+
+def mesh_overreach(mesh_masks: np.ndarray, object_masks: np.ndarray, margin: float = 0.01) -> list[list[str]]:
+    """Per frame, the sides of the frame the rendered mesh touches although the bird does not come within
+    ``margin`` of them: a mesh stretched to the border (the failure of close-ups the border masking prevents).
+
+    Args:
+        mesh_masks: T rendered silhouettes (H, W) (a list, or stacked); object_masks: (T, H', W') propagated labels
+            (> 0 the object), at any size (each side is tested at its own size).
+    Returns:
+        T lists of side names (``SIDES``), empty where the mesh stays inside the bird's reach.
+    """
+    mesh = np.concatenate([border_sides(mask[None]) for mask in mesh_masks])  # frame by frame: 720p masks are big
+    over = mesh & ~border_sides(object_masks, margin)
+    return [[SIDES[i] for i in np.flatnonzero(row)] for row in over]
 
 
 def mask_confidence(masks: Tensor) -> Tensor:

@@ -32,7 +32,7 @@ from mesh_recon.checkpoint import load_predictor
 from .config import AdaptConfig
 from .export import PixelCamera, camera_entry, camera_to_pixels, export_sequence
 from .export_articulated import export_rigged
-from .flags import frame_flags
+from .flags import frame_flags, mesh_overreach
 from .inputs import (DEMO_MASK, DEMO_VIDEO, box_mask, box_numbers, parse_box, read_mask, read_video, resize_mask,
                      scale_box)
 from .optimize import adapt_predictor, predict_frames, video_maps
@@ -149,7 +149,14 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
         export_sequence(out, pred.verts.cpu(), pred.faces.cpu(), pred.face_uvs.cpu(), texture, video.fps, cameras,
                         video.original_size)
     verts_ndc = project_to_ndc(pred.verts, rotation, scale, translation, video.original_size)
-    write_masks(out / "masks", verts_ndc, pred.faces, video.original_size)
+    mesh_masks = write_masks(out / "masks", verts_ndc, pred.faces, video.original_size)
+    overreach = mesh_overreach(mesh_masks, part_indices)
+    for flag, sides in zip(flags, overreach):
+        flag["mesh_overreach"] = sides
+    stretched = [t for t, sides in enumerate(overreach) if sides]
+    if stretched:
+        warn(warnings, f"the mesh reaches the frame's border beyond the bird in {len(stretched)} frames "
+                       f"(see frame_flags' mesh_overreach): {stretched[:20]}")
     write_parts(out / "parts", part_indices, video.original_size)
     if cfg.export.overlay:
         write_overlay(out / "overlay.mp4", video.frames, pred.verts, rotation, scale, translation, pred.faces,

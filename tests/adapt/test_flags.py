@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from adapt.config import AdaptConfig
-from adapt.flags import frame_flags, inside_frame, mask_confidence, touches_border
+from adapt.flags import border_sides, frame_flags, inside_frame, mask_confidence, mesh_overreach, touches_border
 from adapt.inputs import VideoInput
 from adapt.optimize import VideoCrops, VideoMaps, image_terms
 from adapt.outputs import draw_flags, fill_silhouette, ndc_to_pixels, overlay_size
@@ -105,6 +105,24 @@ def test_close_up_and_low_confidence_flags():
     assert mask_confidence(masks)[0] == 1 and mask_confidence(masks)[3] == 0
 
 
+def test_mesh_overreach_names_the_sides_the_mesh_alone_reaches():
+    H, W = 100, 200
+    bird = np.zeros((3, H, W), bool)
+    mesh = np.zeros((3, H, W), bool)
+    bird[0, 20:60, 50:120] = mesh[0, 18:62, 48:122] = True  # inside: nothing reached
+    bird[1, 0:40, 0:60] = True  # the bird cut at the top-left corner ...
+    mesh[1, 0:70, 0:200] = True  # ... the mesh stretched to the right border too
+    bird[2, 50:99, 10:40] = True  # one pixel row short of the bottom: within the 1 % margin
+    mesh[2, 50:100, 10:40] = True
+    assert border_sides(bird).tolist() == [[False] * 4, [True, False, True, False], [False] * 4]
+    assert border_sides(bird, 0.01)[2].tolist() == [False, True, False, False]
+    assert mesh_overreach(mesh, bird) == [[], ["right"], []]
+    # the object's labels may be at another size than the rendered masks: sides are tested at each one's own size
+    small = bird[:, ::2, ::2]
+    assert mesh_overreach(mesh, small) == [[], ["right"], []]
+    assert touches_border(mesh).tolist() == [False, True, True]
+
+
 def test_fill_silhouette_matches_the_z_buffer():
     verts, faces = icosphere(3)
     ndc = torch.cat([verts[:, :2] * torch.tensor([0.5, 0.8]) + 0.1, verts[:, 2:]], 1)[None]
@@ -133,4 +151,7 @@ def test_report_lists_the_flags_of_a_clip_cut_by_the_border(tmp_path, border_cli
               "--no-adapt", *sets])
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [f["truncated"] for f in report["frame_flags"]] == list(touches_border(truth))
-    assert set(report["frame_flags"][0]) >= {"frame", "truncated", "close_up", "low_confidence"}
+    assert set(report["frame_flags"][0]) >= {"frame", "truncated", "close_up", "low_confidence", "mesh_overreach"}
+    rendered = np.stack([np.array(Image.open(tmp_path / "out" / "masks" / f"{t:05d}.png")) > 0 for t in range(10)])
+    parts = np.stack([np.array(Image.open(tmp_path / "out" / "parts" / f"{t:05d}.png")) for t in range(10)])
+    assert [f["mesh_overreach"] for f in report["frame_flags"]] == mesh_overreach(rendered, parts)
