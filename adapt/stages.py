@@ -85,7 +85,15 @@ def propagate_and_crop(video: VideoInput, labels0: Tensor, model: torch.nn.Modul
         VideoCrops and the propagated part indices (T, H, W) uint8 (0 background) for export.
     """
     T, H, W = video.frames.shape[:3]
-    images, masks, parts, boxes, valid, indices = [], [], [], [], [], []
+    S, K1 = crop_size, labels0.shape[0]
+    # Filled in place: cat / stack of per-frame lists would hold every crop twice at the end (a 280-frame 720p clip:
+    # ~0.8 GB of crops, the run's peak memory).
+    images = torch.zeros(T, 3, S, S, device=device)
+    masks = torch.zeros(T, 1, S, S, device=device)
+    parts = torch.zeros(T, K1, S, S, device=device, dtype=torch.half)
+    boxes = torch.zeros(T, 4, device=device)
+    indices = np.zeros((T, H, W), np.uint8)
+    valid = []
     stream = iter_propagate(iter(video.frames), labels0.to(device), model, cfg.propagation)
     for t, labels in enumerate(tqdm(stream, total=T, desc="propagate", unit="frame")):
         soft = labels0.to(device) if t == 0 else upsample_labels(labels, (H, W))  # (K + 1, H, W)
@@ -94,16 +102,15 @@ def propagate_and_crop(video: VideoInput, labels0: Tensor, model: torch.nn.Modul
         valid.append(area >= cfg.parts.min_area)
         frame = frame_tensor(video.frames[t], device)
         # A vanished object keeps the last box it had, so the crops stay on where it was.
-        box = boxes[-1] if boxes and not valid[-1] else crop_box_from_mask(mask, cfg.predictor.crop_padding)
+        box = boxes[t - 1: t] if t and not valid[-1] else crop_box_from_mask(mask, cfg.predictor.crop_padding)
         # Padded, not clamped: beyond the frame nothing is seen (the image losses mask it out, adapt/flags.py).
-        images.append(crop_image(frame, box, crop_size, padding_mode="zeros"))
-        masks.append(crop_image(mask, box, crop_size, padding_mode="zeros"))
-        parts.append(crop_image(soft[None], box, crop_size, padding_mode="zeros").half())
-        boxes.append(box)
-        indices.append(soft_to_index(soft))
-    crops = VideoCrops(torch.cat(images), torch.cat(masks), torch.cat(parts), torch.cat(boxes),
-                       torch.tensor(valid, device=device), (H, W))
-    return crops, np.stack(indices)
+        images[t] = crop_image(frame, box, S, padding_mode="zeros")[0]
+        masks[t] = crop_image(mask, box, S, padding_mode="zeros")[0]
+        parts[t] = crop_image(soft[None], box, S, padding_mode="zeros")[0]
+        boxes[t] = box[0]
+        indices[t] = soft_to_index(soft)
+    crops = VideoCrops(images, masks, parts, boxes, torch.tensor(valid, device=device), (H, W))
+    return crops, indices
 
 
 def propagation_key(video: VideoInput, labels0: Tensor, cfg: AdaptConfig, crop_size: int, device) -> str:
