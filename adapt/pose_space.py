@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from birdmesh.metrics import mask_iou
 from mesh_recon.articulated import ArticulatedPrediction
-from mesh_recon.geometry import weak_perspective_project
+from mesh_recon.geometry import quaternion_to_rotation_matrix, weak_perspective_project
 from mesh_recon.mesh import face_normals
 from mesh_recon.render import SoftRenderer, SoftRenderSettings, render_hard
 from mesh_recon.skinned_template import SkinnedTemplate
@@ -153,8 +153,6 @@ def video_viewpoint(pred: ArticulatedPrediction, crops: VideoCrops, size: int = 
     T, H = pred.cam_hypotheses.shape[:2]
     iou = torch.stack([silhouette_fit(pred.verts, pred.faces, pred.cam_hypotheses[:, h], crops, size)
                        for h in range(H)], 1)
-    from mesh_recon.geometry import quaternion_to_rotation_matrix
-
     rotations = quaternion_to_rotation_matrix(pred.cam_hypotheses[..., 3:].cpu())
     return choose_viewpoint_track(rotations, hypothesis_costs(pred.cam_logits.cpu(), iou), switch_cost)
 
