@@ -37,6 +37,11 @@ class FlagsConfig:
     # report.json "frame_flags" and the overlay's corner (adapt/flags.py); truncated and close-up need no setting
     min_confidence: Fraction = 0.5  # low confidence: the propagated mask's mean certainty |2p - 1| below this
     max_area_jump: Positive = 2.0  # low confidence too: the mask's area changes by more than this factor
+    # area drift: the mask's area is more than this factor above or below the first frame's. Calibrated on 893
+    # propagated frames with ground truth (pixels, stride 4: flight, synthetic, birds_dev; session 26): frames with
+    # IoU < 0.5 flagged with precision 0.84, recall 0.83, and no frame of birds_dev or the synthetic videos (1.5:
+    # 0.72 / 0.89 and 4-8 % of those; 3: 0.89 / 0.66). The certainty rule alone: 0.80 / 0.17 at 0.5
+    max_area_drift: Positive = 2.0
 
 
 @dataclass(frozen=True)

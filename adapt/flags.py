@@ -83,14 +83,17 @@ def mask_confidence(masks: Tensor) -> Tensor:
 
 
 def frame_flags(part_indices: np.ndarray, masks: Tensor, boxes: Tensor, valid: Tensor, min_confidence: float,
-                max_area_jump: float) -> list[dict]:
-    """One dict per frame: {"frame", "truncated", "close_up", "low_confidence"} (plain bools).
+                max_area_jump: float, max_area_drift: float) -> list[dict]:
+    """One dict per frame: {"frame", "truncated", "close_up", "low_confidence", "area_drift"} (plain bools) and
+    "confidence".
 
     Args:
         part_indices: (T, H, W) propagated labels at the processed size (0 background);
         masks: (T, 1, S, S) soft propagated masks in the crops; boxes: (T, 4) crop boxes; valid: (T,) bool.
         min_confidence: ``mask_confidence`` below this is low confidence; max_area_jump: so is the object's area
-            changing by more than this factor from the previous frame where it was visible.
+            changing by more than this factor from the previous frame where it was visible; max_area_drift: area drift
+            is its area differing from the first visible frame's by more than this factor (the propagation shrank
+            onto part of the bird or spilled onto the background, or the bird came much nearer or went away).
     truncated: the object touches the frame's border. close_up: its crop box is larger than the frame's shorter
     side, so no placement of the crop fits in the frame. A vanished frame (not valid) is never flagged.
     """
@@ -101,16 +104,18 @@ def frame_flags(part_indices: np.ndarray, masks: Tensor, boxes: Tensor, valid: T
     confidence = mask_confidence(masks).cpu().numpy()
     areas = (part_indices > 0).reshape(T, -1).mean(1)
     valid = valid.cpu().numpy()
-    flags, previous = [], None
+    flags, previous, first = [], None, None
     for t in range(T):
-        jump = False
+        jump = drift = False
         if previous is not None and valid[t] and areas[t] > 0:
-            ratio = areas[t] / previous
+            ratio, since_first = areas[t] / previous, areas[t] / first
             jump = ratio > max_area_jump or ratio < 1 / max_area_jump
+            drift = since_first > max_area_drift or since_first < 1 / max_area_drift
         low = bool(valid[t] and (confidence[t] < min_confidence or jump))
         flags.append({"frame": t, "truncated": bool(valid[t] and truncated[t]),
-                      "close_up": bool(valid[t] and close_up[t]), "low_confidence": low,
+                      "close_up": bool(valid[t] and close_up[t]), "low_confidence": low, "area_drift": drift,
                       "confidence": round(float(confidence[t]), 3)})
         if valid[t] and areas[t] > 0:
             previous = areas[t]
+            first = areas[t] if first is None else first
     return flags

@@ -118,11 +118,12 @@ def write_parts(folder: Path, part_indices: np.ndarray, wh: tuple[int, int]) -> 
 
 # What the overlay's corner shows for each frame flag (``adapt.flags.frame_flags``): letter, RGB colour.
 FLAG_MARKS = {"truncated": ("T", (255, 60, 60)), "close_up": ("C", (255, 170, 0)),
-              "low_confidence": ("L", (255, 255, 0)), "mesh_overreach": ("O", (255, 0, 255))}
+              "low_confidence": ("L", (255, 255, 0)), "area_drift": ("D", (0, 200, 255)),
+              "mesh_overreach": ("O", (255, 0, 255))}
 
 
 def draw_flags(image: np.ndarray, flags: dict | None) -> np.ndarray:
-    """Write the raised flags of one frame as coloured letters (T, C, L, O) in the top-left corner, in place."""
+    """Write the raised flags of one frame as coloured letters (T, C, L, D, O) in the top-left corner, in place."""
     x = 4
     for name, (letter, colour) in FLAG_MARKS.items():
         if flags and flags.get(name):

@@ -100,8 +100,8 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     if vanished:
         warn(warnings, f"the object vanished in {len(vanished)} frames (not adapted on): {vanished[:20]}")
     flags = frame_flags(part_indices, crops.masks, crops.boxes, crops.valid, cfg.flags.min_confidence,
-                        cfg.flags.max_area_jump)
-    for name in ("truncated", "close_up", "low_confidence"):
+                        cfg.flags.max_area_jump, cfg.flags.max_area_drift)
+    for name in ("truncated", "close_up", "low_confidence", "area_drift"):
         flagged = [f["frame"] for f in flags if f[name]]
         if flagged:
             warn(warnings, f"{name.replace('_', ' ')} frames ({len(flagged)}, see frame_flags): {flagged[:20]}")

@@ -79,7 +79,7 @@ def test_a_bird_cut_by_the_border_is_flagged_truncated_on_those_frames_only(bord
                                           "propagation.pixel_stride=1", "parts.num_parts=2"])
     crops, indices = propagate_and_crop(video, first_frame_labels(video.frames[0], truth[0], cfg),
                                         propagation_model(cfg, "cpu"), cfg, 32, "cpu")
-    flags = frame_flags(indices, crops.masks, crops.boxes, crops.valid, 0.5, 2.0)
+    flags = frame_flags(indices, crops.masks, crops.boxes, crops.valid, 0.5, 2.0, 2.0)
     expected = touches_border(truth)
     assert list(expected) == [False] * 3 + [True] * 4 + [False] * 3
     assert [f["truncated"] for f in flags] == list(expected)
@@ -99,10 +99,26 @@ def test_close_up_and_low_confidence_flags():
     masks[3] = 0.5  # a mask of pure doubt
     boxes = torch.tensor([[15.0, 5.0, 35.0, 25.0]] * T)
     boxes[1] = torch.tensor([-10.0, -10.0, 50.0, 50.0])  # crop side 60 > the frame's height 40
-    flags = frame_flags(labels, masks, boxes, torch.ones(T, dtype=torch.bool), 0.5, 2.0)
+    flags = frame_flags(labels, masks, boxes, torch.ones(T, dtype=torch.bool), 0.5, 2.0, 8.0)
     assert [f["close_up"] for f in flags] == [False, True, False, False]
     assert [f["low_confidence"] for f in flags] == [False, False, True, True]  # jump up at 2, doubt (and down) at 3
     assert mask_confidence(masks)[0] == 1 and mask_confidence(masks)[3] == 0
+
+
+def test_area_drift_compares_each_frame_with_the_first_visible_one():
+    # a 10 x 10 bird (area 100) growing slowly, frame by frame (never a 2x jump), then shrinking; frame 0 vanished
+    sides = [0, 10, 12, 15, 13, 10, 8, 6]  # areas 0, 100, 144, 225, 169, 100, 64, 36
+    T, H, W, S = len(sides), 40, 40, 8
+    labels = np.zeros((T, H, W), np.uint8)
+    for t, side in enumerate(sides):
+        labels[t, :side, :side] = 1
+    valid = torch.tensor([side > 0 for side in sides])
+    boxes = torch.tensor([[0.0, 0.0, 20.0, 20.0]] * T)
+    flags = frame_flags(labels, torch.ones(T, 1, S, S), boxes, valid, 0.5, 2.0, 2.0)
+    assert [f["area_drift"] for f in flags] == [False, False, False, True, False, False, False, True]  # 2.25, 0.36
+    assert not any(f["low_confidence"] for f in flags)  # no step between frames is a 2x jump
+    flags = frame_flags(labels, torch.ones(T, 1, S, S), boxes, valid, 0.5, 2.0, 3.0)
+    assert not any(f["area_drift"] for f in flags)
 
 
 def test_mesh_overreach_names_the_sides_the_mesh_alone_reaches():
@@ -151,7 +167,8 @@ def test_report_lists_the_flags_of_a_clip_cut_by_the_border(tmp_path, border_cli
               "--no-adapt", *sets])
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [f["truncated"] for f in report["frame_flags"]] == list(touches_border(truth))
-    assert set(report["frame_flags"][0]) >= {"frame", "truncated", "close_up", "low_confidence", "mesh_overreach"}
+    assert set(report["frame_flags"][0]) >= {"frame", "truncated", "close_up", "low_confidence", "area_drift",
+                                             "mesh_overreach"}
     rendered = np.stack([np.array(Image.open(tmp_path / "out" / "masks" / f"{t:05d}.png")) > 0 for t in range(10)])
     parts = np.stack([np.array(Image.open(tmp_path / "out" / "parts" / f"{t:05d}.png")) for t in range(10)])
     assert [f["mesh_overreach"] for f in report["frame_flags"]] == mesh_overreach(rendered, parts)
