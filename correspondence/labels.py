@@ -44,9 +44,10 @@ class PixelFeatures(nn.Module):
         return lab_patch_features(lab, self.stride)
 
 
-def lab_patch_features(lab: torch.Tensor, stride: int) -> torch.Tensor:
+def lab_patch_features(lab: torch.Tensor, stride: int, normalize: bool = True) -> torch.Tensor:
     """Lab (B, 3, H, W) -> (B, 27, ceil(H / s), ceil(W / s)): the 3 x 3 neighbourhood of each stride-s cell's mean
-    colour (Lab / 100, uncentred), L2-normalized (``PixelFeatures``)."""
+    colour (Lab / 100, uncentred), L2-normalized (``PixelFeatures``) unless ``normalize`` is False."""
     pooled = F.avg_pool2d(lab / 100.0, stride, stride=stride, ceil_mode=True)
     patches = F.unfold(F.pad(pooled, (1, 1, 1, 1), mode="replicate"), 3)
-    return F.normalize(patches.view(lab.shape[0], 27, *pooled.shape[-2:]), dim=1)
+    patches = patches.view(lab.shape[0], 27, *pooled.shape[-2:])
+    return F.normalize(patches, dim=1) if normalize else patches

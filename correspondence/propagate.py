@@ -46,15 +46,22 @@ LEARNED_MATCH_DIMS = 64  # default principal components kept for matching learne
 LEARNED_LAYER2_WEIGHT = 0.5  # default share of the encoder's layer2 in the learned features' similarity
 LEARNED_PIXEL_WEIGHT = 0.8  # default share of raw Lab colour in the learned features' similarity
 FEATURE_STRIDE = 8  # the learned encoder's output stride: the colour term is pooled on the same grid
-# default softmax temperatures by kind of similarity (see PropagationConfig); ``fused``: learned + raw Lab colour
-TEMPERATURES = {"pixels": 0.02, "learned": 0.05, "fused": 0.02}
+# default softmax temperatures by kind of similarity (see PropagationConfig); ``fused``: learned + raw Lab colour;
+# ``pixel_distance``: raw Lab patches by minus half their squared distance (cosines are that for unit vectors, so
+# the temperatures compare; flight J&F 0.389 at 0.005, 0.403 at 0.0025 before ``match_lightness``; the model card)
+TEMPERATURES = {"pixels": 0.02, "pixel_distance": 0.0025, "learned": 0.05, "fused": 0.02}
+# weight of a cell's own colour against its 8 neighbours' in the squared distance: the neighbours of a small bird's
+# edge cells are background, which changes as it flies, so with equal weights they match the background better than
+# the bird (a 4-cell object re-found elsewhere: IoU 0.30 -> 0.51-0.60 with 2; birds_dev J&F 0.906 -> 0.909)
+DISTANCE_CENTRE_WEIGHT = 2.0
 
 
 def similarity_kind(cfg: PropagationConfig, model: torch.nn.Module) -> str:
-    """``pixels`` (raw Lab), ``learned`` (a model's features) or ``fused`` (learned plus raw Lab colour,
-    ``pixel_weight`` > 0): the defaults of the temperature and the windows depend on it."""
+    """``pixels`` (raw Lab, cosine), ``pixel_distance`` (raw Lab, squared distance), ``learned`` (a model's
+    features) or ``fused`` (learned plus raw Lab colour, ``pixel_weight`` > 0): the defaults of the temperature and
+    the windows depend on it."""
     if isinstance(model, PixelFeatures):
-        return "pixels"
+        return "pixel_distance" if cfg.pixel_similarity == "distance" else "pixels"
     return "fused" if pixel_weight(cfg, model) > 0 else "learned"
 
 
@@ -121,7 +128,33 @@ def bf16_allowed(cfg: PropagationConfig, model: torch.nn.Module) -> bool:
     frame's features minus the first frame's mean): each query's similarities all shift by the same amount, which
     changes neither its top-k nor their softmax, and what is left are small differences that bfloat16 keeps.
     """
-    return cfg.use_bf16 and similarity_kind(cfg, model) != "pixels"
+    return cfg.use_bf16 and not isinstance(model, PixelFeatures)
+
+
+def match_lightness(lab: torch.Tensor, mean_l: float) -> torch.Tensor:
+    """Lab (1, 3, H, W) with its lightness scaled so that its mean is ``mean_l`` (the first frame's): the squared
+    distance counts brightness, which a camera's exposure and the light change over a video (birds_dev J&F 0.878
+    without this, 0.906 with it; the cosine is blind to a common scale of a patch's channels)."""
+    gain = mean_l / max(float(lab[0, 0].mean()), 1e-3)
+    return torch.cat([lab[:, :1] * gain, lab[:, 1:]], dim=1)
+
+
+def distance_patches(lab: torch.Tensor, stride: int, mean_l: float) -> torch.Tensor:
+    """Lab (1, 3, H, W) -> (27, ceil(H / s), ceil(W / s)) raw pixels' features for the squared distance: the 3 x 3
+    Lab patches (``lab_patch_features``, not normalized) of the frame with its lightness matched to ``mean_l``,
+    the centre cell weighted ``DISTANCE_CENTRE_WEIGHT``."""
+    patches = lab_patch_features(match_lightness(lab, mean_l), stride, normalize=False)[0]
+    weights = torch.ones(9, device=patches.device)
+    weights[4] = DISTANCE_CENTRE_WEIGHT
+    return (patches.view(3, 9, *patches.shape[-2:]) * weights.view(1, 9, 1, 1)).view(27, *patches.shape[-2:])
+
+
+def distance_embedding(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw features (C, h, w) -> queries and keys (C + 1, h, w) whose dot product is minus half the squared distance
+    of the features, up to a per-query constant that changes neither a query's top-k nor their softmax:
+    [a, 1] . [b, -|b|^2 / 2] = -|a - b|^2 / 2 + |a|^2 / 2. The dot-product matching kernels serve it unchanged."""
+    keys = torch.cat([patches, -0.5 * patches.square().sum(0, keepdim=True)])
+    return torch.cat([patches, torch.ones_like(patches[:1])]), keys
 
 
 def principal_basis(features: torch.Tensor, dims: int) -> torch.Tensor:
@@ -221,30 +254,39 @@ def iter_propagate(frames: Iterable[np.ndarray], labels0: torch.Tensor, model: t
     colour, use_bf16 = pixel_weight(cfg, model), bf16_allowed(cfg, model)
     device, key_offset, encoder = model_device(model), None, model
     track, factor = None, localize_factor(cfg, model)
+    distance = similarity_kind(cfg, model) == "pixel_distance"
+    l_first = None
     for frame in frames:
         lab = frame_to_lab(frame, device)
-        if first is None and int8_encoding(cfg, model):
-            encoder = Int8Encoder(model.encoder, lab)
-        feat = encode_frame(encoder, lab, use_bf16, layer2)
-        if dims:  # the first frame's principal subspace serves the whole video
-            basis = principal_basis(feat, dims) if basis is None else basis
-            feat = project_features(feat, basis)
-        key = feat
-        if colour > 0:  # joined after the projection, which is the learned features'
-            feat = join_colour(feat, lab, colour)
-            key_offset = feat.mean(dim=(1, 2), keepdim=True) if key_offset is None else key_offset
-            key = feat - key_offset  # centred keys, see bf16_allowed
-        if bf16_matching(use_bf16, feat.device):
-            feat, key = feat.bfloat16(), key.bfloat16()  # matching in bfloat16 is ~3x faster with bf16 units
+        if distance:
+            l_first = float(lab[0, 0].mean()) if l_first is None else l_first
+            patches = distance_patches(lab, model.stride, l_first)
+            (feat, key), unit = distance_embedding(patches), F.normalize(patches, dim=0)
+        else:
+            if first is None and int8_encoding(cfg, model):
+                encoder = Int8Encoder(model.encoder, lab)
+            feat = encode_frame(encoder, lab, use_bf16, layer2)
+            if dims:  # the first frame's principal subspace serves the whole video
+                basis = principal_basis(feat, dims) if basis is None else basis
+                feat = project_features(feat, basis)
+            key = feat
+            if colour > 0:  # joined after the projection, which is the learned features'
+                feat = join_colour(feat, lab, colour)
+                key_offset = feat.mean(dim=(1, 2), keepdim=True) if key_offset is None else key_offset
+                key = feat - key_offset  # centred keys, see bf16_allowed
+            if bf16_matching(use_bf16, feat.device):
+                feat, key = feat.bfloat16(), key.bfloat16()  # matching in bfloat16 is ~3x faster with bf16 units
+            unit = feat
         confident = True
         if first is None:
             labels = labels_to_features(labels0.to(feat.device), tuple(feat.shape[-2:]))
             first = make_context(key, labels, radius_first)
-            track = start_track(feat, labels, factor) if cfg.localize else None
+            track = start_track(unit, labels, factor) if cfg.localize else None
         elif track is None:
             labels = propagate_step(feat, [first, *previous], cfg)
         else:
-            labels, track, confident = track_step(track, feat, [first, *previous], cfg, factor, radius_previous)
+            labels, track, confident = track_step(track, feat, [first, *previous], cfg, factor, radius_previous,
+                                                  unit)
         if cfg.context_previous > 0 and confident:
             previous.append(make_context(key, labels, radius_previous))
         yield labels

@@ -208,17 +208,19 @@ def background(labels: torch.Tensor) -> torch.Tensor:
 
 
 def track_step(track: Track, features: torch.Tensor, context: list[ContextFrame], cfg: PropagationConfig,
-               factor: int, window: float) -> tuple[torch.Tensor, Track, bool]:
+               factor: int, window: float, unit: torch.Tensor | None = None) -> tuple[torch.Tensor, Track, bool]:
     """One target frame: locate the object, propagate with every local window centred on it, judge the result.
 
     Args:
         features: (C, h, w) target features; context: the first frame, then the previous confident frames.
         factor: coarse grid / feature grid; window: the previous frames' window radius (cells).
+        unit: (C', h, w) unit features of the target for the coarse match (the kind ``start_track`` was given);
+            None = ``features``, when they are unit features themselves.
     Returns:
         labels (L, h, w) (plain background when the object is absent), the updated track, and whether the frame
         is confident (only confident frames should join the context).
     """
-    target = coarse_features(features, factor)
+    target = coarse_features(features if unit is None else unit, factor)
     sighting = locate(track, target, factor, cfg, window)
     if sighting.centre is None:
         labels = background(context[0].labels)
