@@ -104,11 +104,12 @@ class PropagationConfig:
     chunk_size: Count = 2048  # target positions per affinity chunk (bounds memory)
     # joint: one top-k over the candidates of all context frames; average: a top-k per frame, frames averaged (UVC)
     context_mixing: Literal["joint", "average"] = "joint"
-    # raw pixels' similarity: ``distance`` = minus half the squared distance of the Lab patches, each frame's lightness
-    # scaled to the first frame's mean (brightness counts: an olive bird no longer matches dark foliage as well as
-    # itself), ``cosine`` = their cosine (the benchmark protocol before session 26). Stride 4, J&F cosine -> distance:
-    # flight 0.383 -> 0.402, birds_dev 0.910 -> 0.909 (the model card's table)
-    pixel_similarity: Literal["distance", "cosine"] = "distance"
+    # raw pixels' similarity: ``cosine`` of the Lab patches (the benchmark protocol), or ``distance`` = minus half
+    # their squared distance, each frame's lightness scaled to the first frame's mean (brightness counts: an olive
+    # bird no longer matches dark foliage as well as itself). Stride 4, J&F cosine -> distance: flight 0.383 -> 0.402,
+    # birds_dev 0.910 -> 0.909; not the default: on the cockatoo it labels more wall in the close-ups and the meshes
+    # reach the border beyond the bird in 62 frames instead of 15 (the model card)
+    pixel_similarity: Literal["cosine", "distance"] = "cosine"
     pixel_stride: Count = 8  # grid of the ``pixels`` method, in pixels (4 keeps thin parts; the learned model is 8)
     # bfloat16 encoder + matching of learned features on CPUs with native bf16 (2x faster, same labels); raw pixels
     # always match in float32 (bf16 ties their near-1 cosines: birds_dev 0.865 -> 0.792)

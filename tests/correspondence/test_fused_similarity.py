@@ -41,12 +41,11 @@ def test_fused_defaults_follow_the_pixels_method():
     assert similarity_kind(fused, model) == "fused" and pixel_weight(fused, model) == 0.6
     assert similarity_kind(learned, model) == "learned"
     assert pixel_weight(PropagationConfig(), model) == 0.8  # the default: fused
-    assert similarity_kind(fused, PixelFeatures(8)) == "pixel_distance" and pixel_weight(fused, PixelFeatures(8)) == 0.0
+    assert similarity_kind(fused, PixelFeatures(8)) == "pixels" and pixel_weight(fused, PixelFeatures(8)) == 0.0
     # colour needs the pixels' wide windows and their temperature; fused keys are centred, so bf16 stays allowed
     assert context_radii(fused, model) == context_radii(fused, PixelFeatures(8)) == (12.0, 12.0)
     assert context_radii(learned, model) == (12.0, 6.0)
-    cosine = PropagationConfig(pixel_weight=0.6, pixel_similarity="cosine")  # the colour term is a cosine
-    assert softmax_temperature(fused, model) == softmax_temperature(cosine, PixelFeatures(8)) == 0.02
+    assert softmax_temperature(fused, model) == softmax_temperature(fused, PixelFeatures(8)) == 0.02
     assert softmax_temperature(learned, model) == 0.05
     assert bf16_allowed(fused, model) is True and bf16_allowed(learned, model) is True
     assert bf16_allowed(fused, PixelFeatures(8)) is False
@@ -60,7 +59,7 @@ def test_all_colour_fused_propagation_equals_the_pixels_method():
     model = UVC().eval()
     cfg = dict(context_previous=2, topk=3, radius=4.0, layer2_weight=0.0, use_bf16=False)
     fused = propagate_labels(frames, labels0, model, PropagationConfig(**cfg, match_dims=8, pixel_weight=1.0))
-    pixels = propagate_labels(frames, labels0, PixelFeatures(8), PropagationConfig(**cfg, pixel_similarity="cosine"))
+    pixels = propagate_labels(frames, labels0, PixelFeatures(8), PropagationConfig(**cfg))
     learned = propagate_labels(frames, labels0, model, PropagationConfig(**cfg, match_dims=8, pixel_weight=0.0))
     torch.testing.assert_close(fused, pixels, atol=1e-5, rtol=0)
     assert (learned - pixels).abs().max() > 0.1  # the check can fail: the encoder alone labels differently

@@ -333,7 +333,7 @@ def test_layer2_features_mix_the_two_layers_cosines_with_the_weight():
 
 
 def test_softmax_temperature_by_method_and_resolved_before_matching():
-    assert softmax_temperature(PropagationConfig(pixel_similarity="cosine"), PixelFeatures(8)) == 0.02  # protocol
+    assert softmax_temperature(PropagationConfig(), PixelFeatures(8)) == 0.02  # the benchmark protocol
     assert softmax_temperature(PropagationConfig(), UVC()) == 0.02  # fused with colour by default
     assert softmax_temperature(PropagationConfig(pixel_weight=0.0), UVC()) == 0.05  # learned features alone
     assert softmax_temperature(PropagationConfig(temperature=0.3), UVC()) == 0.3

@@ -91,11 +91,12 @@ def test_window_centring_is_the_identity_for_a_static_scene():
     assert torch.equal(on, off)
 
 
-def test_a_bird_that_leaves_for_ten_frames_is_found_within_three_frames_of_its_return():
+@pytest.mark.parametrize("similarity", ["cosine", "distance"])
+def test_a_bird_that_leaves_for_ten_frames_is_found_within_three_frames_of_its_return(similarity):
     # visible for 8 frames (moving right 8 px a frame), absent for 10, back elsewhere, moving left
     positions = [(40, 16 + 8 * t) for t in range(8)] + [None] * 10 + [(24, 150 - 8 * t) for t in range(10)]
     frames, masks = _clip(positions)
-    labels, pred = _predict(frames, masks, _cfg())
+    labels, pred = _predict(frames, masks, _cfg(pixel_similarity=similarity))
     assert all(_iou(pred[t], masks[t]) > 0.6 for t in range(1, 8))
     back = 18
     first_found = next(t for t in range(back, len(positions)) if _iou(pred[t], masks[t]) > 0.5)
