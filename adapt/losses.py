@@ -4,10 +4,14 @@ Convention: part maps are (B, K + 1, S, S) with channel 0 the background; only c
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from correspondence.ops import coordinate_grid
-from mesh_recon.mesh import arap_energy, laplacian_smoothing_loss
+from mesh_recon.mesh import arap_energy, face_normals, laplacian_smoothing_loss
 
 
 def part_centres(parts: Tensor) -> tuple[Tensor, Tensor]:
@@ -75,3 +79,46 @@ def quaternion_smoothness(quats: Tensor) -> Tensor:
     if quats.shape[0] < 2:
         return quats.new_zeros(())
     return (1 - (quats[1:] * quats[:-1]).sum(-1).abs()).mean()
+
+
+def face_pairs(faces: Tensor) -> Tensor:
+    """(P, 2) int64 pairs of faces sharing an edge (edges with exactly two faces) of (F, 3) faces."""
+    edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).sort(dim=1).values
+    owner = torch.arange(len(faces), device=faces.device).repeat(3)
+    key = edges[:, 0] * (int(edges.max()) + 1) + edges[:, 1]
+    key, order = key.sort(stable=True)
+    owner = owner[order]
+    _, counts = torch.unique_consecutive(key, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    pairs = starts[counts == 2]
+    return torch.stack([owner[pairs], owner[pairs + 1]], 1)
+
+
+def adjacent_cosines(verts: Tensor, faces: Tensor, pairs: Tensor) -> Tensor:
+    """(..., P) cosines between the normals of each face pair of vertices (..., V, 3)."""
+    normal = face_normals(verts, faces)
+    return (normal[..., pairs[:, 0], :] * normal[..., pairs[:, 1], :]).sum(-1)
+
+
+def fold_loss(verts: Tensor, faces: Tensor, rest: "FoldReference") -> Tensor:
+    """Mean loss of flatness between adjacent faces beyond the rest shape's: relu(cos_rest - cos), (B, V, 3) verts.
+
+    Zero while every pair of faces is at least as flat as on the rest bird; a fold or a spike (normals turned
+    apart) costs up to 2 per pair.
+    """
+    return F.relu(rest.rest_cos - adjacent_cosines(verts, faces, rest.pairs)).mean()
+
+
+@dataclass(frozen=True)
+class FoldReference:
+    """What ``fold_loss`` compares with: the (P, 2) face pairs of a mesh and their normals' cosines (P,) on its rest
+    shape."""
+
+    pairs: Tensor
+    rest_cos: Tensor
+
+
+def fold_reference(rest_verts: Tensor, faces: Tensor) -> FoldReference:
+    """The fold data of a rest shape (V, 3) with faces (F, 3)."""
+    pairs = face_pairs(faces)
+    return FoldReference(pairs, adjacent_cosines(rest_verts, faces, pairs).detach())

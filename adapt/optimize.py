@@ -21,7 +21,8 @@ from mesh_recon.render import SoftRenderer, SoftRenderSettings
 
 from .config import LossWeights, OptimConfig
 from .flags import inside_frame
-from .losses import base_shape_loss, part_correspondence_loss, quaternion_smoothness, temporal_smoothness
+from .losses import (FoldReference, base_shape_loss, fold_loss, part_correspondence_loss, quaternion_smoothness,
+                     temporal_smoothness)
 from .parts import UVPool, texel_surface, texel_visibility, uv_maps_from_flow
 
 
@@ -146,12 +147,16 @@ def weigh(terms: dict, weights) -> tuple[Tensor, dict]:
 
 
 def adaptation_losses(pred: Prediction, crops: VideoCrops, frames: Tensor, maps: VideoMaps, renderer: SoftRenderer,
-                      laplacian: Tensor, weights: LossWeights) -> tuple[Tensor, dict]:
+                      laplacian: Tensor, weights: LossWeights, fold: FoldReference | None = None
+                      ) -> tuple[Tensor, dict]:
     """All free-form adaptation terms for a window of consecutive frames ``frames`` (B,) with predictions ``pred``:
-    ``image_terms`` plus the base-shape terms (ARAP to the shared base, Laplacian and smoothness of the residual)."""
+    ``image_terms`` plus the base-shape terms (ARAP to the shared base, Laplacian and smoothness of the residual)
+    and, given ``fold`` (the predictor's mean bird), no folds beyond the mean bird's."""
     terms, _ = image_terms(pred, crops, frames, maps, renderer)
     terms["arap"], terms["laplacian"] = base_shape_loss(pred.verts, maps.base, pred.faces, laplacian)
     terms["residual_smooth"] = temporal_smoothness(pred.verts - maps.base)
+    if fold is not None:
+        terms["fold"] = fold_loss(pred.verts, pred.faces, fold)
     return weigh(terms, weights)
 
 
@@ -175,7 +180,7 @@ def frame_windows(num_frames: int, batch_size: int, seed: int) -> Iterator[np.nd
 
 def adapt_predictor(model: MeshPredictor, crops: VideoCrops, maps: VideoMaps, cfg: OptimConfig,
                     weights: LossWeights, seed: int = 0, pool_align: bool = True, track: Tensor | None = None,
-                    reference=None) -> list[dict]:
+                    reference=None, fold: FoldReference | None = None) -> list[dict]:
     """Fine-tune the predictor on one video; returns the loss history (one dict per step).
 
     Each step takes a window of up to ``batch_size`` consecutive frames (``frame_windows``). The model stays in
@@ -185,7 +190,7 @@ def adapt_predictor(model: MeshPredictor, crops: VideoCrops, maps: VideoMaps, cf
     An articulated predictor (``mesh_recon.articulated``) renders with the cameras of the video's viewpoint ``track``
     ((T,) hypothesis per frame) and is held by ``pose_space.articulated_terms`` around ``reference`` (the video's
     shared bones and residual, a ``pose_space.ShapeReference``, following the predictions as a running average)
-    instead of the free-form base-shape terms.
+    instead of the free-form base-shape terms; a free-form one given ``fold`` is kept from folding beyond it.
     """
     from .pose_space import articulated_terms, with_track
 
@@ -212,7 +217,7 @@ def adapt_predictor(model: MeshPredictor, crops: VideoCrops, maps: VideoMaps, cf
             if pool_align:
                 pred = pool_alignment(pred, crops.valid[frames])
             loss, stats = adaptation_losses(pred, crops, frames, VideoMaps(maps.parts, maps.texture, base), renderer,
-                                            laplacian, weights)
+                                            laplacian, weights, fold)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -29,37 +29,9 @@ from mesh_recon.skinned_template import SkinnedTemplate
 from mesh_recon.skinning import matrix_to_axis_angle, matrix_to_rotation_6d, rotation_6d_to_matrix
 
 from .config import LossWeights, OptimConfig
-from .losses import temporal_smoothness
+from .losses import FoldReference, fold_loss, fold_reference, temporal_smoothness
 from .optimize import VideoCrops, VideoMaps, frame_windows, image_terms, weigh
 from .viewpoint import ViewpointTrack, choose_viewpoint_track, hypothesis_costs
-
-
-def face_pairs(faces: Tensor) -> Tensor:
-    """(P, 2) int64 pairs of faces sharing an edge (edges with exactly two faces) of (F, 3) faces."""
-    edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).sort(dim=1).values
-    owner = torch.arange(len(faces), device=faces.device).repeat(3)
-    key = edges[:, 0] * (int(edges.max()) + 1) + edges[:, 1]
-    key, order = key.sort(stable=True)
-    owner = owner[order]
-    _, counts = torch.unique_consecutive(key, return_counts=True)
-    starts = torch.cumsum(counts, 0) - counts
-    pairs = starts[counts == 2]
-    return torch.stack([owner[pairs], owner[pairs + 1]], 1)
-
-
-def adjacent_cosines(verts: Tensor, faces: Tensor, pairs: Tensor) -> Tensor:
-    """(..., P) cosines between the normals of each face pair of vertices (..., V, 3)."""
-    normal = face_normals(verts, faces)
-    return (normal[..., pairs[:, 0], :] * normal[..., pairs[:, 1], :]).sum(-1)
-
-
-def fold_loss(verts: Tensor, faces: Tensor, pairs: Tensor, rest_cos: Tensor) -> Tensor:
-    """Mean loss of flatness between adjacent faces beyond the rest shape's: relu(cos_rest - cos), (B, V, 3) verts.
-
-    Zero while every pair of faces is at least as flat as on the rest bird; a fold or a spike (normals turned
-    apart) costs up to 2 per pair.
-    """
-    return F.relu(rest_cos - adjacent_cosines(verts, faces, pairs)).mean()
 
 
 def pose_prior_loss(rotations: Tensor, template: SkinnedTemplate) -> Tensor:
@@ -81,14 +53,13 @@ def rotation_smoothness(rotations: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class ShapeReference:
-    """What the frames of a video share: bone_scale (24,), residual (V, 3) model frame; fold data: pairs (P, 2) and
-    rest_cos (P,) of the template's rest mesh; rotations (T, 24, 3, 3): every frame's joint rotations as the network
-    predicted them before the video's terms moved them (the pose anchor), held in each frame by anchor_weight (T,)."""
+    """What the frames of a video share: bone_scale (24,), residual (V, 3) model frame; fold: the template's rest
+    mesh; rotations (T, 24, 3, 3): every frame's joint rotations as the network predicted them before the video's
+    terms moved them (the pose anchor), held in each frame by anchor_weight (T,)."""
 
     bone_scale: Tensor
     residual: Tensor
-    pairs: Tensor
-    rest_cos: Tensor
+    fold: FoldReference
     rotations: Tensor
     anchor_weight: Tensor
 
@@ -100,10 +71,8 @@ def shape_reference(pred: ArticulatedPrediction, template: SkinnedTemplate, keep
     covers its propagated mask (IoU; None = 1): a network whose silhouette misses the bird is not trusted for its pose.
     """
     idx = torch.nonzero(keep).flatten() if keep is not None and bool(keep.any()) else torch.arange(len(pred.verts))
-    pairs = face_pairs(template.faces)
-    rest_cos = adjacent_cosines(template.verts, template.faces, pairs)
     return ShapeReference(pred.bone_scale[idx].log().mean(0).exp().detach(), pred.residual[idx].mean(0).detach(),
-                          pairs, rest_cos, pred.rotations.detach(),
+                          fold_reference(template.verts, template.faces), pred.rotations.detach(),
                           torch.ones(len(pred.verts), device=pred.verts.device) if fit is None else fit.square())
 
 
@@ -123,7 +92,7 @@ def articulated_terms(pred: ArticulatedPrediction, template: SkinnedTemplate, re
                 (-2, -1))).mean(),
             "bone_prior": bone_prior_loss(pred.bone_scale, template),
             "rotation_smooth": rotation_smoothness(pred.rotations),
-            "fold": fold_loss(pred.verts, pred.faces, ref.pairs, ref.rest_cos),
+            "fold": fold_loss(pred.verts, pred.faces, ref.fold),
             "consistency": (pred.bone_scale.log() - ref.bone_scale.log()).square().mean()
             + ((pred.residual - ref.residual) * scale).square().sum(-1).mean()}
 

@@ -22,6 +22,7 @@ from mesh_recon.predictor import Prediction
 from mesh_recon.render import SoftRenderer, SoftRenderSettings
 
 from .config import LossWeights, OptimConfig
+from .losses import FoldReference
 from .optimize import VideoCrops, VideoMaps, adaptation_losses, frame_windows
 
 
@@ -46,11 +47,13 @@ def _select(pred: Prediction, frames: Tensor) -> Prediction:
 
 
 def refine_frames(pred: Prediction, crops: VideoCrops, maps: VideoMaps, sym: SymmetricMesh, cfg: OptimConfig,
-                  weights: LossWeights, seed: int = 0) -> tuple[Prediction, list[dict]]:
+                  weights: LossWeights, seed: int = 0, fold: FoldReference | None = None
+                  ) -> tuple[Prediction, list[dict]]:
     """Optimize per-frame offsets, camera corrections and a shared offset (``cfg.refine_steps(False)`` steps).
 
     Each step takes a window of up to ``cfg.batch_size`` consecutive frames (``frame_windows``, as the adaptation
-    does), so the temporal terms see neighbours. Returns the refined Prediction of all T frames and the loss history.
+    does), so the temporal terms see neighbours; ``fold`` as in ``adaptation_losses``. Returns the refined
+    Prediction of all T frames and the loss history.
     """
     steps = cfg.refine_steps(articulated=False)
     if steps <= 0:
@@ -71,7 +74,7 @@ def refine_frames(pred: Prediction, crops: VideoCrops, maps: VideoMaps, sym: Sym
         window = apply_corrections(_select(fixed, frames), offsets[frames] + shared, cam_deltas[frames], sym)
         shared_v = symmetrize_vertices(shared, sym)
         window_maps = VideoMaps(maps.parts, maps.texture, maps.base + shared_v[0])
-        loss, stats = adaptation_losses(window, crops, frames, window_maps, renderer, laplacian, weights)
+        loss, stats = adaptation_losses(window, crops, frames, window_maps, renderer, laplacian, weights, fold)
         shared_smoothness = laplacian_smoothing_loss(shared_v, laplacian)
         loss = loss + weights.laplacian * shared_smoothness
         stats["shared_laplacian"] = float(shared_smoothness.detach())

@@ -35,6 +35,7 @@ from .export_articulated import export_rigged
 from .flags import frame_flags, mesh_overreach
 from .inputs import (DEMO_MASK, DEMO_VIDEO, box_mask, box_numbers, parse_box, read_mask, read_video, resize_mask,
                      scale_box)
+from .losses import fold_reference
 from .optimize import adapt_predictor, predict_frames, video_maps
 from .outputs import project_to_ndc, write_masks, write_overlay, write_parts, write_report
 from .refine import refine_frames
@@ -118,9 +119,14 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     maps = video_maps(pred, crops)
     lap("predict")
     # 4. Online adaptation.
+    fold, weights = None, cfg.loss  # free-form: no folds beyond the predictor's mean bird, with its own weight
+    if not (articulated or args.no_adapt) and cfg.loss.fold_free_form > 0:
+        with torch.no_grad():
+            fold = fold_reference(predictor.mean_verts(), predictor.faces)
+        weights = dataclasses.replace(cfg.loss, fold=cfg.loss.fold_free_form)
     history = [] if args.no_adapt else adapt_predictor(
-        predictor, crops, maps, cfg.optim, cfg.loss, cfg.seed, pool, track=viewpoint.track if viewpoint else None,
-        reference=video_reference(pred, predictor.template, crops) if articulated else None)
+        predictor, crops, maps, cfg.optim, weights, cfg.seed, pool, track=viewpoint.track if viewpoint else None,
+        reference=video_reference(pred, predictor.template, crops) if articulated else None, fold=fold)
     lap("adapt")
     # 4b. The adapted predictions, then per-frame refinement (pooled maps and base shape from the adapted model).
     final, refine_history = maps, []
@@ -135,7 +141,8 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     if articulated:  # the video shares one skeleton and base shape, adapted or not
         pred, refine_history = refine_pose_space(pred, crops, final, predictor.template, optim, cfg.loss, cfg.seed)
     elif not args.no_adapt:
-        pred, refine_history = refine_frames(pred, crops, final, predictor.template.sym, optim, cfg.loss, cfg.seed)
+        pred, refine_history = refine_frames(pred, crops, final, predictor.template.sym, optim, weights, cfg.seed,
+                                             fold)
     lap("refine")
     # 5. Export.
     processed_wh = (crops.frame_hw[1], crops.frame_hw[0])

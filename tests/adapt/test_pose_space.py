@@ -11,8 +11,9 @@ from scipy.spatial.transform import Rotation
 
 from adapt.config import AdaptConfig, LossWeights, OptimConfig
 from adapt.optimize import VideoCrops, VideoMaps
-from adapt.pose_space import (adjacent_cosines, articulated_terms, bone_prior_loss, face_pairs, fold_loss,
-                              pose_prior_loss, refine_pose_space, select_frames, shape_reference, silhouette_fit)
+from adapt.losses import fold_loss
+from adapt.pose_space import (articulated_terms, bone_prior_loss, pose_prior_loss, refine_pose_space, select_frames,
+                              shape_reference, silhouette_fit)
 from birdmesh.config import load_config
 from mesh_recon.articulated import ArticulatedPrediction
 from mesh_recon.bird_model import LEFT_WING, RIGHT_WING, axis_angle_to_matrix, load_bird_model
@@ -29,20 +30,6 @@ RAISE = 0.9  # radians (52 degrees)
 @pytest.fixture(scope="module")
 def template():
     return SkinnedTemplate.from_bird_model(load_bird_model(), 8)
-
-
-def test_face_pairs_and_fold_by_hand():
-    # two triangles sharing edge (1, 2): flat, then folded by 90 degrees, then folded back onto each other
-    faces = torch.tensor([[0, 1, 2], [2, 1, 3]])
-    assert face_pairs(faces).sort(dim=1).values.tolist() == [[0, 1]]
-    flat = torch.tensor([[[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0]]])
-    bent = torch.tensor([[[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0.5, 0.5, 0.7071]]])
-    pairs = face_pairs(faces)
-    rest = adjacent_cosines(flat[0], faces, pairs)
-    assert torch.allclose(rest, torch.ones(1))
-    assert float(fold_loss(flat, faces, pairs, rest)) == 0.0
-    cos = float(adjacent_cosines(bent[0], faces, pairs))
-    assert math.isclose(float(fold_loss(bent, faces, pairs, rest)), 1 - cos, rel_tol=1e-6)
 
 
 def test_priors_vanish_at_their_means(template):
@@ -112,7 +99,7 @@ def test_refinement_raises_the_wing_the_silhouette_shows(template):  # ~20 s
     assert tip_error(refined) < 0.65 * tip_error(init), (tip_error(init), tip_error(refined))
     assert wrist_error(refined) < wrist_error(init) and wing_error(refined) < wing_error(init)
     ref = shape_reference(refined, template)
-    folds = [float(fold_loss(p.verts, template.faces, ref.pairs, ref.rest_cos)) for p in (refined, init, gt)]
+    folds = [float(fold_loss(p.verts, template.faces, ref.fold)) for p in (refined, init, gt)]
     assert folds[0] <= max(folds[1:]) + 0.005, folds  # no more folded than the spread-wing poses themselves
 
 

@@ -57,6 +57,8 @@ def test_end_to_end_outputs_exist_parse_and_agree(tmp_path, clip, predictor_chec
     assert (cameras["width"], cameras["height"]) == (W, H) and len(cameras["frames"]) == 5
     report = json.loads((out / "report.json").read_text())
     assert report["frames"] == 5 and len(report["losses"]) == 2 and len(report["refine_losses"]) == 3
+    # the free-form meshes are kept from folding beyond the mean bird in both stages (loss.fold_free_form)
+    assert "fold" in report["losses"][0] and "fold" in report["refine_losses"][0]
     assert set(report["timings_s"]) >= {"adapt", "refine", "export"}
     assert read_frames(out / "overlay.mp4").shape[0] == 5
     # The cameras reproduce the exported masks: fill the projected triangles independently (OpenCV).
