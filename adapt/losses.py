@@ -100,15 +100,6 @@ def adjacent_cosines(verts: Tensor, faces: Tensor, pairs: Tensor) -> Tensor:
     return (normal[..., pairs[:, 0], :] * normal[..., pairs[:, 1], :]).sum(-1)
 
 
-def fold_loss(verts: Tensor, faces: Tensor, rest: "FoldReference") -> Tensor:
-    """Mean loss of flatness between adjacent faces beyond the rest shape's: relu(cos_rest - cos), (B, V, 3) verts.
-
-    Zero while every pair of faces is at least as flat as on the rest bird; a fold or a spike (normals turned
-    apart) costs up to 2 per pair.
-    """
-    return F.relu(rest.rest_cos - adjacent_cosines(verts, faces, rest.pairs)).mean()
-
-
 @dataclass(frozen=True)
 class FoldReference:
     """What ``fold_loss`` compares with: the (P, 2) face pairs of a mesh and their normals' cosines (P,) on its rest
@@ -116,6 +107,15 @@ class FoldReference:
 
     pairs: Tensor
     rest_cos: Tensor
+
+
+def fold_loss(verts: Tensor, faces: Tensor, rest: FoldReference) -> Tensor:
+    """Mean loss of flatness between adjacent faces beyond the rest shape's: relu(cos_rest - cos), (B, V, 3) verts.
+
+    Zero while every pair of faces is at least as flat as on the rest bird; a fold or a spike (normals turned
+    apart) costs up to 2 per pair.
+    """
+    return F.relu(rest.rest_cos - adjacent_cosines(verts, faces, rest.pairs)).mean()
 
 
 def fold_reference(rest_verts: Tensor, faces: Tensor) -> FoldReference:
