@@ -23,7 +23,6 @@ from tqdm import tqdm
 from birdmesh.metrics import mask_iou
 from mesh_recon.articulated import ArticulatedPrediction
 from mesh_recon.geometry import quaternion_to_rotation_matrix, weak_perspective_project
-from mesh_recon.mesh import face_normals
 from mesh_recon.render import SoftRenderer, SoftRenderSettings, render_hard
 from mesh_recon.skinned_template import SkinnedTemplate
 from mesh_recon.skinning import matrix_to_axis_angle, matrix_to_rotation_6d, rotation_6d_to_matrix
