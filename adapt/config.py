@@ -86,7 +86,7 @@ class LossWeights:
     # the same for the free-form predictor, beyond its mean bird (adapt/losses.py: fold_loss), in the adaptation and
     # the refinement: the coverage pull otherwise crumples the surface. birds_dev seed 0: IoU 0.820 / 0.806 / 0.730
     # at 0 / 1 / 10, adjacent-normal angle 72.3 / 18.8 / 14.8 degrees (frame-wise 18.9), folded edges 0.357 / 0.018 /
-    # 0.011, consistency d=10 0.718 / 0.732 / 0.700, part accuracy 0.681 / 0.715 / -
+    # 0.011, consistency d=10 0.718 / 0.732 / 0.700, part accuracy 0.681 / 0.715 / 0.694
     fold_free_form: NonNegative = 1.0
     consistency: NonNegative = 10.0  # per-frame bones / residual vs the video's shared ones
 
