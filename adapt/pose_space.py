@@ -96,6 +96,14 @@ def articulated_terms(pred: ArticulatedPrediction, template: SkinnedTemplate, re
             + ((pred.residual - ref.residual) * scale).square().sum(-1).mean()}
 
 
+def base_offset_terms(offset: Tensor, laplacian: Tensor, scale: float) -> dict:
+    """Regularisers of the video's free base-shape offset (V, 3), model frame: mean squared uniform Laplacian
+    (``laplacian`` (V, V) sparse) and mean squared length, in canonical units (``scale`` per model unit)."""
+    canonical = offset * scale
+    return {"base_offset_laplacian": torch.sparse.mm(laplacian, canonical).square().sum(-1).mean(),
+            "base_offset_size": canonical.square().sum(-1).mean()}
+
+
 def select_frames(pred: ArticulatedPrediction, frames: Tensor) -> ArticulatedPrediction:
     """The prediction of frames ``frames`` (B,) only."""
     return dataclasses.replace(pred, **{name: getattr(pred, name)[frames] for name in pred.BATCHED
@@ -149,7 +157,8 @@ def refine_pose_space(pred: ArticulatedPrediction, crops: VideoCrops, maps: Vide
     Starts from ``pred`` (T frames, cameras already on the chosen viewpoint track) with the video's mean bones and
     residual; rotations change by a 6-D offset composed on the right of each predicted rotation, bones by a shared
     log factor (mirror partners equal), the residual by a shared symmetric combination of the template's smooth
-    basis. Returns the refined prediction of all T frames and the loss history.
+    basis and, with ``cfg.base_offset``, a shared symmetric per-vertex offset (``base_offset_terms``). Returns the
+    refined prediction of all T frames and the loss history.
     """
     steps = cfg.refine_steps(articulated=True)
     if steps <= 0:
@@ -162,7 +171,11 @@ def refine_pose_space(pred: ArticulatedPrediction, crops: VideoCrops, maps: Vide
     cam_delta = torch.zeros(T, 7, device=device, requires_grad=True)
     bone_delta = torch.zeros(pred.bone_scale.shape[1], device=device, requires_grad=True)
     coeff_delta = torch.zeros(template.basis.shape[1], 3, device=device, requires_grad=True)
-    optimizer = torch.optim.Adam([rot_delta, cam_delta, bone_delta, coeff_delta], lr=cfg.refine_lr)
+    # the smooth basis cannot thin a songbird's head and body into a flamingo's: one free offset for the whole video
+    offset = torch.zeros_like(template.verts, requires_grad=cfg.base_offset)
+    laplacian = template.laplacian().to(device) if cfg.base_offset else None
+    params = [rot_delta, cam_delta, bone_delta, coeff_delta] + ([offset] if cfg.base_offset else [])
+    optimizer = torch.optim.Adam(params, lr=cfg.refine_lr)
     renderer = SoftRenderer(SoftRenderSettings(image_size=cfg.refine_render_size, sigma=cfg.sigma, gamma=cfg.gamma))
     from mesh_recon.bird_model import JOINT_FLIP
 
@@ -174,7 +187,7 @@ def refine_pose_space(pred: ArticulatedPrediction, crops: VideoCrops, maps: Vide
         cams = base_cams[frames] + cam_delta[frames]
         cams = torch.cat([cams[:, :3], F.normalize(cams[:, 3:], dim=1)], 1)
         bones = ref.bone_scale * torch.exp(0.5 * (bone_delta + bone_delta[mirror_bones]))
-        residual = ref.residual + template.symmetrize((template.basis @ coeff_delta)[None])[0]
+        residual = ref.residual + template.symmetrize(((template.basis @ coeff_delta) + offset)[None])[0]
         return posed(select_frames(pred, frames), template, rotations, bones, residual, cams)
 
     windows, history = frame_windows(T, cfg.batch_size, seed + 1), []
@@ -185,6 +198,8 @@ def refine_pose_space(pred: ArticulatedPrediction, crops: VideoCrops, maps: Vide
         window = current(frames)
         terms, _ = image_terms(window, crops, frames, maps, renderer)
         terms.update(articulated_terms(window, template, ref, frames))
+        if cfg.base_offset:
+            terms.update(base_offset_terms(offset, laplacian, template.canonical_scale))
         loss, stats = weigh(terms, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
