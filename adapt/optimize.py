@@ -110,11 +110,12 @@ def _resize(x: Tensor, size: int) -> Tensor:
     return x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="area")
 
 
-def image_terms(pred: Prediction, crops: VideoCrops, frames: Tensor, maps: VideoMaps, renderer: SoftRenderer
-                ) -> tuple[dict, Tensor]:
+def image_terms(pred: Prediction, crops: VideoCrops, frames: Tensor, maps: VideoMaps, renderer: SoftRenderer,
+                coverage_radius: float | None = None) -> tuple[dict, Tensor]:
     """The terms comparing renders with the video, for a window of consecutive frames ``frames`` (B,): parts,
-    silhouette, coverage, texture, and the cameras' smoothness. Shared by the free-form and the articulated
-    adaptation. Returns (terms, the projected vertices (B, V, 3))."""
+    silhouette, coverage (its pull capped beyond ``coverage_radius``, ``mesh_recon.losses.coverage_loss``), texture,
+    and the cameras' smoothness. Shared by the free-form and the articulated adaptation. Returns (terms, the
+    projected vertices (B, V, 3))."""
     B, size = len(frames), renderer.height
     verts_ndc = weak_perspective_project(pred.verts, pred.cams)
     texture = torch.cat([maps.parts, maps.texture])[None].expand(B, -1, -1, -1)
@@ -132,7 +133,7 @@ def image_terms(pred: Prediction, crops: VideoCrops, frames: Tensor, maps: Video
     if bool(valid.any()):
         terms["part_map"], terms["part_centre"] = part_correspondence_loss(parts_r[valid], parts_o[valid])
         terms["silhouette"] = silhouette_loss(sil_r[valid], mask_o[valid])
-        terms["coverage"] = coverage_loss(verts_ndc[valid], mask_o[valid], sil_r[valid])
+        terms["coverage"] = coverage_loss(verts_ndc[valid], mask_o[valid], sil_r[valid], coverage_radius)
         terms["texture"] = masked_l1(rgb_r[valid], image_o[valid], mask_o[valid])
     cams_px = crop_cameras_to_pixels(pred.cams, crops.boxes[frames])
     scale = cams_px.new_tensor([max(crops.frame_hw), crops.frame_hw[1], crops.frame_hw[0]])
@@ -152,7 +153,7 @@ def adaptation_losses(pred: Prediction, crops: VideoCrops, frames: Tensor, maps:
     """All free-form adaptation terms for a window of consecutive frames ``frames`` (B,) with predictions ``pred``:
     ``image_terms`` plus the base-shape terms (ARAP to the shared base, Laplacian and smoothness of the residual)
     and, given ``fold`` (the predictor's mean bird), no folds beyond the mean bird's."""
-    terms, _ = image_terms(pred, crops, frames, maps, renderer)
+    terms, _ = image_terms(pred, crops, frames, maps, renderer, weights.coverage_radius)
     terms["arap"], terms["laplacian"] = base_shape_loss(pred.verts, maps.base, pred.faces, laplacian)
     terms["residual_smooth"] = temporal_smoothness(pred.verts - maps.base)
     if fold is not None:
@@ -210,7 +211,7 @@ def adapt_predictor(model: MeshPredictor, crops: VideoCrops, maps: VideoMaps, cf
         pred = model(crops.images[frames])
         if track is not None:
             pred = with_track(pred, track[frames])
-            terms, _ = image_terms(pred, crops, frames, maps, renderer)
+            terms, _ = image_terms(pred, crops, frames, maps, renderer, weights.coverage_radius)
             terms.update(articulated_terms(pred, model.template, reference, frames))
             loss, stats = weigh(terms, weights)
         else:

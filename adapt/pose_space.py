@@ -196,7 +196,7 @@ def refine_pose_space(pred: ArticulatedPrediction, crops: VideoCrops, maps: Vide
         tic = time.time()
         frames = torch.from_numpy(next(windows)).to(device)
         window = current(frames)
-        terms, _ = image_terms(window, crops, frames, maps, renderer)
+        terms, _ = image_terms(window, crops, frames, maps, renderer, weights.coverage_radius)
         terms.update(articulated_terms(window, template, ref, frames))
         if cfg.base_offset:
             terms.update(base_offset_terms(offset, laplacian, template.canonical_scale))

@@ -119,11 +119,11 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     maps = video_maps(pred, crops)
     lap("predict")
     # 4. Online adaptation.
-    fold, weights = None, cfg.loss  # free-form: no folds beyond the predictor's mean bird, with its own weight
+    fold, weights = None, dataclasses.replace(cfg.loss, coverage_radius=cfg.loss.coverage_reach(articulated))
     if not (articulated or args.no_adapt) and cfg.loss.fold_free_form > 0:
-        with torch.no_grad():
+        with torch.no_grad():  # free-form: no folds beyond the predictor's mean bird, with its own weight
             fold = fold_reference(predictor.mean_verts(), predictor.faces)
-        weights = dataclasses.replace(cfg.loss, fold=cfg.loss.fold_free_form)
+        weights = dataclasses.replace(weights, fold=cfg.loss.fold_free_form)
     history = [] if args.no_adapt else adapt_predictor(
         predictor, crops, maps, cfg.optim, weights, cfg.seed, pool, track=viewpoint.track if viewpoint else None,
         reference=video_reference(pred, predictor.template, crops) if articulated else None, fold=fold)
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     steps = 0 if args.no_adapt else cfg.optim.refine_steps(articulated)
     optim = dataclasses.replace(cfg.optim, refine_iterations=steps)
     if articulated:  # the video shares one skeleton and base shape, adapted or not
-        pred, refine_history = refine_pose_space(pred, crops, final, predictor.template, optim, cfg.loss, cfg.seed)
+        pred, refine_history = refine_pose_space(pred, crops, final, predictor.template, optim, weights, cfg.seed)
     elif not args.no_adapt:
         pred, refine_history = refine_frames(pred, crops, final, predictor.template.sym, optim, weights, cfg.seed,
                                              fold)

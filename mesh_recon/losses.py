@@ -82,18 +82,21 @@ def chamfer_loss(verts: Tensor, verts_gt: Tensor) -> Tensor:
     return (dist.min(2).values.mean() + dist.min(1).values.mean()) / 2
 
 
-def coverage_loss(verts_ndc: Tensor, mask: Tensor, silhouette: Tensor) -> Tensor:
+def coverage_loss(verts_ndc: Tensor, mask: Tensor, silhouette: Tensor, radius: float | None = None) -> Tensor:
     """Pull the mesh towards the parts of the mask it does not cover yet.
 
     A soft silhouette only moves edges within about a pixel of the rendered outline, so a head, a neck or legs
     lying further out never attract the mesh. Here every observed pixel (mask > 0.5) the rendering misses pulls
     its nearest projected vertex towards it (squared NDC distance, weighted by how uncovered the pixel is). Faint
     mask values are left out: far from the bird they would pull hardest (the distance is squared) and grow spikes.
+    With ``radius`` the pull is a Huber loss: squared up to ``radius``, then linear with the same slope, so a stray
+    patch of the mask far from the bird pulls no harder than one at ``radius``.
     Args:
         verts_ndc: (B, V, 2+) projected vertices (x, y first, crop NDC); mask: (B, 1, S, S) observed soft mask;
-        silhouette: (B, 1, S, S) rendered silhouette (treated as a constant: only the distances carry gradient).
+        silhouette: (B, 1, S, S) rendered silhouette (treated as a constant: only the distances carry gradient);
+        radius: NDC distance where the pull stops growing (None: squared everywhere).
     Returns:
-        scalar: sum of weighted squared distances / observed area (0 when everything is covered).
+        scalar: sum of weighted pulls / observed area (0 when everything is covered).
     """
     B, _, H, W = mask.shape
     xy = verts_ndc[..., :2]
@@ -108,7 +111,11 @@ def coverage_loss(verts_ndc: Tensor, mask: Tensor, silhouette: Tensor) -> Tensor
             rows = frame == b
             nearest[rows] = (xy[b].square().sum(-1) - 2 * points[rows] @ xy[b].T).argmin(1)
     pulled = xy[frame, nearest]  # (N, 2)
-    return (uncovered[index] * (points - pulled).square().sum(-1)).sum() / observed.sum().clamp_min(1.0)
+    pull = (points - pulled).square().sum(-1)
+    if radius is not None:
+        distance = pull.clamp_min(1e-12).sqrt()
+        pull = torch.where(distance <= radius, pull, radius * (2 * distance - radius))
+    return (uncovered[index] * pull).sum() / observed.sum().clamp_min(1.0)
 
 
 def vert2kp_entropy(vert2kp: Tensor) -> Tensor:

@@ -89,14 +89,22 @@ def test_coverage_pulls_the_nearest_vertex_towards_uncovered_pixels_only():
     loss.backward()
     assert torch.allclose(verts.grad, torch.tensor([[[0.0, 0.0, 0.0], [0.0, 1.5, 0.0]]]))  # d/dy (y + 0.75)^2 / 2
     assert coverage_loss(verts, mask, mask).item() == 0.0
+    # capped at radius 0.5 (Huber): 0.5 * (2 * 1.5 - 0.5) / 2, and the pull's slope stays 2 * 0.5 / 2 beyond it
+    verts.grad = None
+    capped = coverage_loss(verts, mask, silhouette, radius=0.5)
+    assert capped.item() == pytest.approx(0.5 * 2.5 / 2)
+    capped.backward()
+    assert torch.allclose(verts.grad, torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.5, 0.0]]]))
+    assert coverage_loss(verts, mask, silhouette, radius=2.0).item() == pytest.approx(1.5 ** 2 / 2)  # within reach
 
 
-def test_coverage_equals_a_brute_force_nearest_vertex_search():
+@pytest.mark.parametrize("radius", [None, 0.1])
+def test_coverage_equals_a_brute_force_nearest_vertex_search(radius):
     g = torch.Generator().manual_seed(0)
     verts = (torch.rand(3, 50, 3, generator=g) * 1.6 - 0.8).requires_grad_()
     mask = torch.rand(3, 1, 16, 16, generator=g)
     silhouette = torch.rand(3, 1, 16, 16, generator=g)  # soft: partly covered pixels pull less
-    loss = coverage_loss(verts, mask, silhouette)
+    loss = coverage_loss(verts, mask, silhouette, radius)
     (fast_grad,) = torch.autograd.grad(loss, verts)
     total = 0.0
     for b in range(3):
@@ -105,7 +113,9 @@ def test_coverage_equals_a_brute_force_nearest_vertex_search():
                 point = torch.tensor([(2 * j + 1) / 16 - 1, (2 * i + 1) / 16 - 1])
                 distances = ((verts[b, :, :2] - point) ** 2).sum(1)
                 if mask[b, 0, i, j] > 0.5:
-                    total = total + (1 - silhouette[b, 0, i, j]) * distances.min()
+                    d = distances.min().sqrt()
+                    pull = d ** 2 if radius is None or d <= radius else radius * (2 * d - radius)
+                    total = total + (1 - silhouette[b, 0, i, j]) * pull
     reference = total / (mask > 0.5).sum()
     (reference_grad,) = torch.autograd.grad(reference, verts)
     assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
