@@ -128,6 +128,7 @@ class OptimConfig:
     base_offset: bool = True
     viewpoint_switch_cost: NonNegative = 2.0  # articulated: cost of one radian of camera rotation between frames
     # when one camera-hypothesis track is chosen for the video (adapt/viewpoint.py)
+    viewpoint_refit: bool = True  # articulated: refine on the track and on its alternative, keep the lower loss
 
     def refine_steps(self, articulated: bool) -> int:
         """The refinement's steps for a free-form or an articulated predictor (``refine_iterations`` resolved)."""

@@ -29,7 +29,7 @@ from mesh_recon.skinning import matrix_to_axis_angle, matrix_to_rotation_6d, rot
 
 from .config import LossWeights, OptimConfig
 from .losses import FoldReference, fold_loss, fold_reference, temporal_smoothness
-from .optimize import VideoCrops, VideoMaps, frame_windows, image_terms, weigh
+from .optimize import VideoCrops, VideoMaps, frame_windows, image_terms, video_maps, weigh
 from .viewpoint import ViewpointTrack, choose_viewpoint_track, hypothesis_costs
 
 
@@ -40,7 +40,8 @@ def pose_prior_loss(rotations: Tensor, template: SkinnedTemplate) -> Tensor:
 
 
 def bone_prior_loss(bone_scale: Tensor, template: SkinnedTemplate) -> Tensor:
-    """The same for bone-length factors (B, 24) and the avian bone prior."""
+    """The same for bone-length factors (B, 24) and the template's bone prior (``adapt.run`` widens the avian one to
+    the builds the predictor was trained on: ``SkinnedTemplate.widen_bone_prior``)."""
     d = bone_scale - template.prior_bone_mean
     return ((d @ template.prior_bone_precision) * d).sum(1).mean() / d.shape[1]
 
@@ -209,3 +210,43 @@ def refine_pose_space(pred: ArticulatedPrediction, crops: VideoCrops, maps: Vide
         bar.set_postfix(loss=f"{stats['loss']:.4f}", sil=f"{stats.get('silhouette', 0):.4f}")
     with torch.no_grad():
         return current(torch.arange(T, device=device)), history
+
+
+@dataclass(frozen=True)
+class TrackRefit:
+    """The refinement kept: pred (T frames), maps pooled on its track, history, track (T,) int64, and report: every
+    candidate track's mean loss over its last refinement steps and silhouette IoU with the propagated masks."""
+
+    pred: ArticulatedPrediction
+    maps: VideoMaps
+    history: list
+    track: Tensor
+    report: dict
+
+
+def refine_best_track(pred: ArticulatedPrediction, crops: VideoCrops, template: SkinnedTemplate,
+                      viewpoint: ViewpointTrack, cfg: OptimConfig, weights: LossWeights, seed: int = 0,
+                      tail: int = 50) -> TrackRefit:
+    """``refine_pose_space`` on the video's viewpoint track and, with ``cfg.viewpoint_refit``, on its alternative
+    (the best track avoiding its main hypothesis); keeps the one whose refinement ends lower (mean loss over the
+    last ``tail`` steps, same frame windows for both). The track is chosen from the network's meshes; a bird that
+    is not the predictor's songbird (a flamingo, a duck) can look better from the wrong side until its bones and
+    pose have adapted, so the choice is made again after fitting."""
+    steps = cfg.refine_steps(articulated=True)
+    candidates = [viewpoint.track]
+    if cfg.viewpoint_refit and steps > 0 and viewpoint.alternative is not None:
+        candidates.append(viewpoint.alternative)
+    fits = []
+    for track in candidates:
+        on_track = with_track(pred, track)
+        maps = video_maps(on_track, crops)
+        refined, history = refine_pose_space(on_track, crops, maps, template, cfg, weights, seed)
+        last = history[-tail:]
+        loss = sum(h["loss"] for h in last) / len(last) if last else 0.0
+        iou = silhouette_fit(refined.verts, refined.faces, refined.cams, crops)[crops.valid]
+        fits.append((loss, float(iou.mean()) if len(iou) else 0.0, refined, maps, history, track))
+    best = min(range(len(fits)), key=lambda i: fits[i][0])
+    report = {"candidates": ["track", "alternative"][:len(fits)], "final_loss": [f[0] for f in fits],
+              "silhouette_iou": [f[1] for f in fits], "chosen": ["track", "alternative"][best]}
+    loss, iou, refined, maps, history, track = fits[best]
+    return TrackRefit(refined, maps, history, track, report)

@@ -27,6 +27,7 @@ from birdmesh.masks import mask_warning
 from birdmesh.outdir import atomic_output_dir, check_folder
 from birdmesh.runtime import resolve_device, seed_everything
 from mesh_recon.articulated import ArticulatedPredictor
+from mesh_recon.bird_motion import build_factor_moments
 from mesh_recon.checkpoint import load_predictor
 
 from .config import AdaptConfig
@@ -39,7 +40,7 @@ from .losses import fold_reference
 from .optimize import adapt_predictor, predict_frames, video_maps
 from .outputs import project_to_ndc, write_masks, write_overlay, write_parts, write_report
 from .refine import refine_frames
-from .pose_space import refine_pose_space, video_reference, video_viewpoint, with_track
+from .pose_space import refine_best_track, video_reference, video_viewpoint, with_track
 from .stages import cached_propagate_and_crop, first_frame_labels, guess_first_mask
 from .viewpoint import viewpoint_report
 
@@ -92,6 +93,9 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     # 1. Frames, first-frame labels, propagation.
     video = read_video(args.input, cfg.input)
     predictor, predictor_cfg = load_predictor(cfg.predictor.checkpoint or None, device)
+    if isinstance(predictor, ArticulatedPredictor):  # its bone prior: the builds it was trained on, not one species
+        predictor.template.widen_bone_prior(*map(torch.from_numpy, build_factor_moments(
+            predictor_cfg.data.synth.shape_variety)))
     mask0 = first_frame_mask(video, args, predictor, cfg, warnings)
     labels0 = first_frame_labels(video.frames[0], mask0, cfg)
     lap("read")
@@ -132,14 +136,16 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     final, refine_history = maps, []
     if not args.no_adapt:  # the frame-wise baseline keeps the predictions and maps of steps 2-3
         pred = predict_frames(predictor, crops.images, pool_keep=pool_keep)
-        if articulated:
+        if articulated:  # refine_best_track pools the maps of the track it keeps
             viewpoint = video_viewpoint(pred, crops, switch_cost=cfg.optim.viewpoint_switch_cost)
-            pred = with_track(pred, viewpoint.track)
-        final = video_maps(pred, crops)
+        else:
+            final = video_maps(pred, crops)
     steps = 0 if args.no_adapt else cfg.optim.refine_steps(articulated)
     optim = dataclasses.replace(cfg.optim, refine_iterations=steps)
+    refit = None
     if articulated:  # the video shares one skeleton and base shape, adapted or not
-        pred, refine_history = refine_pose_space(pred, crops, final, predictor.template, optim, weights, cfg.seed)
+        refit = refine_best_track(pred, crops, predictor.template, viewpoint, optim, weights, cfg.seed)
+        pred, final, refine_history = refit.pred, refit.maps, refit.history
     elif not args.no_adapt:
         pred, refine_history = refine_frames(pred, crops, final, predictor.template.sym, optim, weights, cfg.seed,
                                              fold)
@@ -173,8 +179,8 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     report = {"input": str(args.input), "frames": len(video.frames), "fps": video.fps,
               "adapted": not args.no_adapt, "settings": config_to_dict(cfg), "timings_s": timings,
               "losses": history, "refine_losses": refine_history, "warnings": warnings, "vanished_frames": vanished,
-              "propagation_reused": reused, "viewpoint": viewpoint_report(viewpoint),
-              "frame_flags": flags}
+              "propagation_reused": reused, "frame_flags": flags,
+              "viewpoint": viewpoint_report(viewpoint, refit.report, refit.track) if refit else None}
     write_report(out / "report.json", report)
     return report
 

@@ -28,13 +28,15 @@ class ViewpointTrack:
     """track: (T,) int64 chosen hypothesis per frame; cost: its total cost; margin: how much more the best track
     costs that never uses the track's most frequent hypothesis (inf when there is no alternative); switches: number
     of frames where the chosen hypothesis index changes; per_frame_agreement: share of frames where the track picks
-    the per-frame cheapest hypothesis."""
+    the per-frame cheapest hypothesis; alternative: (T,) that best track avoiding the most frequent hypothesis (None
+    when there is none)."""
 
     track: Tensor
     cost: float
     margin: float
     switches: int
     per_frame_agreement: float
+    alternative: Tensor | None = None
 
 
 def _viterbi(unary: Tensor, pair: Tensor) -> tuple[Tensor, float]:
@@ -72,9 +74,10 @@ def choose_viewpoint_track(rotations: Tensor, unary: Tensor, switch_cost: float 
     common = int(torch.bincount(track, minlength=unary.shape[1]).argmax())
     excluded = unary.clone()
     excluded[:, common] = float("inf")
-    _, alternative = _viterbi(excluded, pair)
-    return ViewpointTrack(track, cost, alternative - cost, int((track[1:] != track[:-1]).sum()),
-                          float((track == unary.argmin(1)).double().mean()))
+    alternative, alternative_cost = _viterbi(excluded, pair)
+    finite = alternative_cost < float("inf")
+    return ViewpointTrack(track, cost, alternative_cost - cost, int((track[1:] != track[:-1]).sum()),
+                          float((track == unary.argmin(1)).double().mean()), alternative if finite else None)
 
 
 def hypothesis_costs(logits: Tensor, silhouette_iou: Tensor, iou_weight: float = 4.0) -> Tensor:
@@ -84,10 +87,16 @@ def hypothesis_costs(logits: Tensor, silhouette_iou: Tensor, iou_weight: float =
     return -torch.log_softmax(logits, dim=1) + iou_weight * (1 - silhouette_iou)
 
 
-def viewpoint_report(track: ViewpointTrack | None) -> dict | None:
-    """report.json's record of the video's viewpoint choice (None without camera hypotheses)."""
+def viewpoint_report(track: ViewpointTrack | None, refit: dict | None = None, kept: Tensor | None = None
+                     ) -> dict | None:
+    """report.json's record of the video's viewpoint choice (None without camera hypotheses): the track chosen from
+    the network's meshes, its cost, margin, switches and agreement; with ``refit`` (``pose_space.refine_best_track``'s
+    report) also the candidates' fits, and ``kept`` (T,) the track the meshes are on."""
     if track is None:
         return None
-    counts = torch.bincount(track.track)
-    return {"track": track.track.tolist(), "hypothesis_counts": counts.tolist(), "cost": track.cost,
-            "margin": track.margin, "switches": track.switches, "per_frame_agreement": track.per_frame_agreement}
+    kept = track.track if kept is None else kept
+    report = {"track": kept.tolist(), "hypothesis_counts": torch.bincount(kept).tolist(), "cost": track.cost,
+              "margin": track.margin, "switches": track.switches, "per_frame_agreement": track.per_frame_agreement}
+    if refit is not None:
+        report["refit"] = refit
+    return report

@@ -58,6 +58,28 @@ def sample_bone_scale(model: BirdModel, n: int, rng: np.random.Generator, temper
     return np.clip(_gaussian(model, "bone", n, rng, temperature), *BONE_RANGE)
 
 
+def bone_traits(variety: float) -> tuple:
+    """The build traits of ``sample_body_type`` that lengthen bones: (bones, low, span) each; with probability 1/2 the
+    bones' common factor is low + span * U(0, 1), else 1."""
+    return ((NECK_BONES, 1.0, 1.5 * variety), (LEG_BONES, 1.0, 1.5 * variety), ((TAIL_BONE,), 1.0, 0.8 * variety),
+            ((BILL_BONE,), 0.8, 0.2 + 0.6 * variety))
+
+
+def build_factor_moments(variety: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (24,) and covariance (24, 24) of the bone factors ``sample_body_type`` draws at ``variety``: a trait's
+    bones share one factor, traits are independent."""
+    mean, cov = np.ones(24), np.zeros((24, 24))
+    if variety <= 0:
+        return mean, cov
+    for bones, low, span in bone_traits(variety):
+        first = 0.5 + 0.5 * (low + span / 2)
+        second = 0.5 + 0.5 * (low ** 2 + low * span + span ** 2 / 3)
+        index = np.array(bones)
+        mean[index] = first
+        cov[np.ix_(index, index)] = second - first ** 2
+    return mean, cov
+
+
 def sample_body_type(model: BirdModel, rng: np.random.Generator, variety: float) -> tuple[np.ndarray, np.ndarray]:
     """A random body build beyond the bone prior: long necks (swan, heron), long legs (flamingo), long tails and
     bills, stout or slim bodies (duck, pigeon). Each trait is drawn with probability 1/2, its extent scaled by
@@ -73,14 +95,9 @@ def sample_body_type(model: BirdModel, rng: np.random.Generator, variety: float)
         return factor, offsets
     traits = rng.random(5) < 0.5
     draws = rng.uniform(0, 1, 5)
-    if traits[0]:
-        factor[list(NECK_BONES)] = 1 + 1.5 * variety * draws[0]
-    if traits[1]:
-        factor[list(LEG_BONES)] = 1 + 1.5 * variety * draws[1]
-    if traits[2]:
-        factor[TAIL_BONE] = 1 + 0.8 * variety * draws[2]
-    if traits[3]:
-        factor[BILL_BONE] = 0.8 + (0.2 + 0.6 * variety) * draws[3]
+    for on, draw, (bones, low, span) in zip(traits, draws, bone_traits(variety)):
+        if on:
+            factor[list(bones)] = low + span * draw
     if traits[4]:
         verts, weights = model.verts.numpy(), model.weights.numpy()
         torso = weights[:, list(TORSO_JOINTS)].sum(1, keepdims=True)  # smooth, symmetric: 1 on the body
