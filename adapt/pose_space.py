@@ -248,5 +248,5 @@ def refine_best_track(pred: ArticulatedPrediction, crops: VideoCrops, template: 
     best = min(range(len(fits)), key=lambda i: fits[i][0])
     report = {"candidates": ["track", "alternative"][:len(fits)], "final_loss": [f[0] for f in fits],
               "silhouette_iou": [f[1] for f in fits], "chosen": ["track", "alternative"][best]}
-    loss, iou, refined, maps, history, track = fits[best]
+    _, _, refined, maps, history, track = fits[best]
     return TrackRefit(refined, maps, history, track, report)

@@ -52,7 +52,7 @@ def test_video_picks_the_true_viewpoint_where_frame_choices_flip():
     assert result.track.tolist() == [0] * T and result.switches == 0
     # the margin: always seen from behind costs the sum of the unary differences, 10 frames against 20
     expected = 10 * (math.log(0.6) - math.log(0.4))
-    assert math.isclose(result.margin, expected, rel_tol=1e-9)
+    assert math.isclose(result.margin, expected, rel_tol=1e-9) and result.alternative.tolist() == [1] * T
     assert math.isclose(result.per_frame_agreement, 20 / 30)
 
 
@@ -61,3 +61,6 @@ def test_excluded_hypotheses_are_never_chosen():
     unary = torch.tensor([[0.0, float("inf"), 1.0]] * 4, dtype=torch.float64)
     result = choose_viewpoint_track(rotations, unary)
     assert result.track.tolist() == [0] * 4 and math.isclose(result.margin, 4.0)
+    assert result.alternative.tolist() == [2] * 4
+    alone = choose_viewpoint_track(rotations[:, :1], unary[:, :1])  # one hypothesis: nothing to refit against
+    assert alone.alternative is None and alone.margin == float("inf")
