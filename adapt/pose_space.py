@@ -153,69 +153,89 @@ def posed(pred: ArticulatedPrediction, template: SkinnedTemplate, rotations: Ten
 def refine_pose_space(pred: ArticulatedPrediction, crops: VideoCrops, maps: VideoMaps, template: SkinnedTemplate,
                       cfg: OptimConfig, weights: LossWeights, seed: int = 0
                       ) -> tuple[ArticulatedPrediction, list[dict]]:
-    """Optimise per-frame joint rotations and cameras, and the video's shared bones and residual.
-
-    Starts from ``pred`` (T frames, cameras already on the chosen viewpoint track) with the video's mean bones and
-    residual; rotations change by a 6-D offset composed on the right of each predicted rotation, bones by a shared
-    log factor (mirror partners equal), the residual by a shared symmetric combination of the template's smooth
-    basis and, with ``cfg.base_offset``, a shared symmetric per-vertex offset (``base_offset_terms``). Returns the
-    refined prediction of all T frames and the loss history.
-    """
+    """Optimise per-frame joint rotations and cameras, and the video's shared bones and residual (``PoseSpaceFit``)
+    for ``cfg.refine_steps(articulated=True)`` steps. Returns the refined prediction of all T frames and the loss
+    history."""
     steps = cfg.refine_steps(articulated=True)
     if steps <= 0:
         ref = shape_reference(pred, template, crops.valid)
         return posed(pred, template, pred.rotations, ref.bone_scale, ref.residual, pred.cams), []
-    ref = video_reference(pred, template, crops)
-    T, device = len(pred.verts), pred.verts.device
-    identity = matrix_to_rotation_6d(torch.eye(3, device=device))
-    rot_delta = torch.zeros(T, pred.rotations.shape[1], 6, device=device, requires_grad=True)
-    cam_delta = torch.zeros(T, 7, device=device, requires_grad=True)
-    bone_delta = torch.zeros(pred.bone_scale.shape[1], device=device, requires_grad=True)
-    coeff_delta = torch.zeros(template.basis.shape[1], 3, device=device, requires_grad=True)
-    # the smooth basis cannot thin a songbird's head and body into a flamingo's: one free offset for the whole video
-    offset = torch.zeros_like(template.verts, requires_grad=cfg.base_offset)
-    laplacian = template.laplacian().to(device) if cfg.base_offset else None
-    params = [rot_delta, cam_delta, bone_delta, coeff_delta] + ([offset] if cfg.base_offset else [])
-    optimizer = torch.optim.Adam(params, lr=cfg.refine_lr)
-    renderer = SoftRenderer(SoftRenderSettings(image_size=cfg.refine_render_size, sigma=cfg.sigma, gamma=cfg.gamma))
-    from mesh_recon.bird_model import JOINT_FLIP
+    fit = PoseSpaceFit(pred, crops, maps, template, cfg, weights, seed)
+    fit.run(steps)
+    return fit.result(), fit.history
 
-    mirror_bones = [JOINT_FLIP[j] - 1 for j in range(1, 25)]
-    base_rot, base_cams = pred.rotations.detach(), pred.cams.detach()
 
-    def current(frames: Tensor) -> ArticulatedPrediction:
-        rotations = base_rot[frames] @ rotation_6d_to_matrix(identity + rot_delta[frames])
-        cams = base_cams[frames] + cam_delta[frames]
+class PoseSpaceFit:
+    """The pose-space refinement, resumable: ``run(n)`` takes n more steps, the frame windows going on where they
+    stopped (run(a) then run(b) is run(a + b)); ``result()`` is the refined prediction of all T frames.
+
+    Starts from ``pred`` (T frames, cameras on one viewpoint track) with the video's mean bones and residual;
+    rotations change by a 6-D offset composed on the right of each predicted rotation, bones by a shared log factor
+    (mirror partners equal), the residual by a shared symmetric combination of the template's smooth basis and, with
+    ``cfg.base_offset``, a shared symmetric per-vertex offset (``base_offset_terms``).
+    """
+
+    def __init__(self, pred: ArticulatedPrediction, crops: VideoCrops, maps: VideoMaps, template: SkinnedTemplate,
+                 cfg: OptimConfig, weights: LossWeights, seed: int = 0):
+        from mesh_recon.bird_model import JOINT_FLIP
+
+        self.pred, self.crops, self.maps, self.template = pred, crops, maps, template
+        self.cfg, self.weights = cfg, weights
+        self.ref = video_reference(pred, template, crops)
+        T, device = len(pred.verts), pred.verts.device
+        self.identity = matrix_to_rotation_6d(torch.eye(3, device=device))
+        self.rot_delta = torch.zeros(T, pred.rotations.shape[1], 6, device=device, requires_grad=True)
+        self.cam_delta = torch.zeros(T, 7, device=device, requires_grad=True)
+        self.bone_delta = torch.zeros(pred.bone_scale.shape[1], device=device, requires_grad=True)
+        self.coeff_delta = torch.zeros(template.basis.shape[1], 3, device=device, requires_grad=True)
+        # the smooth basis cannot thin a songbird's head and body into a flamingo's: one free offset for the video
+        self.offset = torch.zeros_like(template.verts, requires_grad=cfg.base_offset)
+        self.laplacian = template.laplacian().to(device) if cfg.base_offset else None
+        params = [self.rot_delta, self.cam_delta, self.bone_delta, self.coeff_delta]
+        self.optimizer = torch.optim.Adam(params + ([self.offset] if cfg.base_offset else []), lr=cfg.refine_lr)
+        self.renderer = SoftRenderer(SoftRenderSettings(image_size=cfg.refine_render_size, sigma=cfg.sigma,
+                                                        gamma=cfg.gamma))
+        self.mirror_bones = [JOINT_FLIP[j] - 1 for j in range(1, 25)]
+        self.windows, self.history = frame_windows(T, cfg.batch_size, seed + 1), []
+
+    def current(self, frames: Tensor) -> ArticulatedPrediction:
+        pred, template = self.pred, self.template
+        rotations = pred.rotations.detach()[frames] @ rotation_6d_to_matrix(self.identity + self.rot_delta[frames])
+        cams = pred.cams.detach()[frames] + self.cam_delta[frames]
         cams = torch.cat([cams[:, :3], F.normalize(cams[:, 3:], dim=1)], 1)
-        bones = ref.bone_scale * torch.exp(0.5 * (bone_delta + bone_delta[mirror_bones]))
-        residual = ref.residual + template.symmetrize(((template.basis @ coeff_delta) + offset)[None])[0]
+        bones = self.ref.bone_scale * torch.exp(0.5 * (self.bone_delta + self.bone_delta[self.mirror_bones]))
+        residual = self.ref.residual + template.symmetrize(((template.basis @ self.coeff_delta) + self.offset)[None])[0]
         return posed(select_frames(pred, frames), template, rotations, bones, residual, cams)
 
-    windows, history = frame_windows(T, cfg.batch_size, seed + 1), []
-    bar = tqdm(range(steps), desc="refine pose", unit="step")
-    for step in bar:
-        tic = time.time()
-        frames = torch.from_numpy(next(windows)).to(device)
-        window = current(frames)
-        terms, _ = image_terms(window, crops, frames, maps, renderer, weights.coverage_radius)
-        terms.update(articulated_terms(window, template, ref, frames))
-        if cfg.base_offset:
-            terms.update(base_offset_terms(offset, laplacian, template.canonical_scale))
-        loss, stats = weigh(terms, weights)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        stats.update(step=step, loss=float(loss.detach()), seconds=time.time() - tic)
-        history.append(stats)
-        bar.set_postfix(loss=f"{stats['loss']:.4f}", sil=f"{stats.get('silhouette', 0):.4f}")
-    with torch.no_grad():
-        return current(torch.arange(T, device=device)), history
+    def run(self, steps: int) -> None:
+        device = self.pred.verts.device
+        bar = tqdm(range(steps), desc="refine pose", unit="step")
+        for _ in bar:
+            tic = time.time()
+            frames = torch.from_numpy(next(self.windows)).to(device)
+            window = self.current(frames)
+            terms, _ = image_terms(window, self.crops, frames, self.maps, self.renderer, self.weights.coverage_radius)
+            terms.update(articulated_terms(window, self.template, self.ref, frames))
+            if self.cfg.base_offset:
+                terms.update(base_offset_terms(self.offset, self.laplacian, self.template.canonical_scale))
+            loss, stats = weigh(terms, self.weights)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            stats.update(step=len(self.history), loss=float(loss.detach()), seconds=time.time() - tic)
+            self.history.append(stats)
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", sil=f"{stats.get('silhouette', 0):.4f}")
+
+    @torch.no_grad()
+    def result(self) -> ArticulatedPrediction:
+        return self.current(torch.arange(len(self.pred.verts), device=self.pred.verts.device))
 
 
 @dataclass(frozen=True)
 class TrackRefit:
-    """The refinement kept: pred (T frames), maps pooled on its track, history, track (T,) int64, and report: every
-    candidate track's mean loss over its last refinement steps and silhouette IoU with the propagated masks."""
+    """The refinement kept: pred (T frames), maps pooled on its track, history, track (T,) int64, and report: the
+    candidates ("track", "alternative") and the one chosen; with two, the steps each took before the choice and
+    their mean loss over the last of them and silhouette IoU with the propagated masks then."""
 
     pred: ArticulatedPrediction
     maps: VideoMaps
@@ -227,26 +247,33 @@ class TrackRefit:
 def refine_best_track(pred: ArticulatedPrediction, crops: VideoCrops, template: SkinnedTemplate,
                       viewpoint: ViewpointTrack, cfg: OptimConfig, weights: LossWeights, seed: int = 0,
                       tail: int = 50) -> TrackRefit:
-    """``refine_pose_space`` on the video's viewpoint track and, with ``cfg.viewpoint_refit``, on its alternative
-    (the best track avoiding its main hypothesis); keeps the one whose refinement ends lower (mean loss over the
-    last ``tail`` steps, same frame windows for both). The track is chosen from the network's meshes; a bird that
-    is not the predictor's songbird (a flamingo, a duck) can look better from the wrong side until its bones and
-    pose have adapted, so the choice is made again after fitting."""
+    """``refine_pose_space`` on the video's viewpoint track; with ``cfg.viewpoint_refit_steps`` > 0 first that many
+    steps on it and on its alternative (the best track avoiding its main hypothesis, same frame windows), then the
+    rest of the steps on the one whose loss ended lower (mean over the last ``tail`` of those steps). The track is
+    chosen from the network's meshes; a bird that is not the predictor's songbird (a flamingo, a duck) can look
+    better from the wrong side until its bones and pose have adapted, so the choice is made again after fitting."""
     steps = cfg.refine_steps(articulated=True)
     candidates = [viewpoint.track]
-    if cfg.viewpoint_refit and steps > 0 and viewpoint.alternative is not None:
+    if cfg.viewpoint_refit_steps > 0 and steps > 0 and viewpoint.alternative is not None:
         candidates.append(viewpoint.alternative)
-    fits = []
-    for track in candidates:
-        on_track = with_track(pred, track)
+    names = ["track", "alternative"][:len(candidates)]
+    if len(candidates) == 1:
+        on_track = with_track(pred, viewpoint.track)
         maps = video_maps(on_track, crops)
         refined, history = refine_pose_space(on_track, crops, maps, template, cfg, weights, seed)
-        last = history[-tail:]
-        loss = sum(h["loss"] for h in last) / len(last) if last else 0.0
-        iou = silhouette_fit(refined.verts, refined.faces, refined.cams, crops)[crops.valid]
-        fits.append((loss, float(iou.mean()) if len(iou) else 0.0, refined, maps, history, track))
-    best = min(range(len(fits)), key=lambda i: fits[i][0])
-    report = {"candidates": ["track", "alternative"][:len(fits)], "final_loss": [f[0] for f in fits],
-              "silhouette_iou": [f[1] for f in fits], "chosen": ["track", "alternative"][best]}
-    _, _, refined, maps, history, track = fits[best]
-    return TrackRefit(refined, maps, history, track, report)
+        return TrackRefit(refined, maps, history, viewpoint.track, {"candidates": names, "chosen": "track"})
+    probe = min(steps, cfg.viewpoint_refit_steps)
+    fits, losses, ious = [], [], []
+    for track in candidates:
+        on_track = with_track(pred, track)
+        fit = PoseSpaceFit(on_track, crops, video_maps(on_track, crops), template, cfg, weights, seed)
+        fit.run(probe)
+        last = fit.history[-tail:]
+        losses.append(sum(h["loss"] for h in last) / len(last))
+        probed = fit.result()
+        ious.append(float(silhouette_fit(probed.verts, probed.faces, probed.cams, crops)[crops.valid].mean()))
+        fits.append(fit)
+    best = min(range(len(fits)), key=lambda i: losses[i])
+    fits[best].run(steps - probe)
+    report = {"candidates": names, "steps": probe, "loss": losses, "silhouette_iou": ious, "chosen": names[best]}
+    return TrackRefit(fits[best].result(), fits[best].maps, fits[best].history, candidates[best], report)

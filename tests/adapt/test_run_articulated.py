@@ -66,9 +66,9 @@ def test_rigged_outputs_and_report(run_out):
     report = json.loads((run_out / "report.json").read_text())
     view = report["viewpoint"]
     assert len(view["track"]) == FRAMES and sum(view["hypothesis_counts"]) == FRAMES and view["margin"] >= 0
-    refit = view["refit"]  # the tracks refined and the one kept
-    assert refit["chosen"] in refit["candidates"] and len(refit["final_loss"]) == len(refit["candidates"])
-    assert all(0 <= iou <= 1 for iou in refit["silhouette_iou"])
+    refit = view["refit"]  # the tracks refined and the one kept (3 hypotheses: there is an alternative)
+    assert refit["candidates"] == ["track", "alternative"] and refit["chosen"] in refit["candidates"]
+    assert len(refit["loss"]) == 2 and all(0 <= iou <= 1 for iou in refit["silhouette_iou"]) and refit["steps"] == 3
     assert len(report["refine_losses"]) == 3 and "pose_prior" in report["refine_losses"][0]
 
 
