@@ -246,12 +246,13 @@ class TrackRefit:
 
 def refine_best_track(pred: ArticulatedPrediction, crops: VideoCrops, template: SkinnedTemplate,
                       viewpoint: ViewpointTrack, cfg: OptimConfig, weights: LossWeights, seed: int = 0,
-                      tail: int = 50) -> TrackRefit:
+                      tail: int = 50, maps: VideoMaps | None = None) -> TrackRefit:
     """``refine_pose_space`` on the video's viewpoint track; with ``cfg.viewpoint_refit_steps`` > 0 first that many
     steps on it and on its alternative (the best track avoiding its main hypothesis, same frame windows), then the
     rest of the steps on the one whose loss ended lower (mean over the last ``tail`` of those steps). The track is
     chosen from the network's meshes; a bird that is not the predictor's songbird (a flamingo, a duck) can look
-    better from the wrong side until its bones and pose have adapted, so the choice is made again after fitting."""
+    better from the wrong side until its bones and pose have adapted, so the choice is made again after fitting.
+    ``maps``: those of ``pred`` on ``viewpoint.track`` when already pooled (else pooled here)."""
     steps = cfg.refine_steps(articulated=True)
     candidates = [viewpoint.track]
     if cfg.viewpoint_refit_steps > 0 and steps > 0 and viewpoint.alternative is not None:
@@ -259,7 +260,7 @@ def refine_best_track(pred: ArticulatedPrediction, crops: VideoCrops, template: 
     names = ["track", "alternative"][:len(candidates)]
     if len(candidates) == 1:
         on_track = with_track(pred, viewpoint.track)
-        maps = video_maps(on_track, crops)
+        maps = video_maps(on_track, crops) if maps is None else maps
         refined, history = refine_pose_space(on_track, crops, maps, template, cfg, weights, seed)
         return TrackRefit(refined, maps, history, viewpoint.track, {"candidates": names, "chosen": "track"})
     probe = min(steps, cfg.viewpoint_refit_steps)

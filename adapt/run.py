@@ -144,7 +144,8 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     optim = dataclasses.replace(cfg.optim, refine_iterations=steps)
     refit = None
     if articulated:  # the video shares one skeleton and base shape, adapted or not
-        refit = refine_best_track(pred, crops, predictor.template, viewpoint, optim, weights, cfg.seed)
+        refit = refine_best_track(pred, crops, predictor.template, viewpoint, optim, weights, cfg.seed,
+                                  maps=maps if args.no_adapt else None)  # frame-wise: pooled in step 3 already
         pred, final, refine_history = refit.pred, refit.maps, refit.history
     elif not args.no_adapt:
         pred, refine_history = refine_frames(pred, crops, final, predictor.template.sym, optim, weights, cfg.seed,
