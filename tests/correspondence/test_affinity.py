@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from correspondence.affinity import TILES_PER_PRODUCT, topk_global, topk_local
+from correspondence.affinity import TILES_PER_PRODUCT, TOPK_PARTIAL_SORT, local_windows, topk_global, topk_local
 
 
 def _features(c, h, w, seed):
@@ -22,7 +22,7 @@ def _brute_force_local(query, key, k, radius):
     return sims.topk(k, dim=1)
 
 
-@pytest.mark.parametrize("h,w,radius", [(9, 13, 3.0), (16, 8, 2.5), (5, 5, 12.0), (30, 29, 2.0)])
+@pytest.mark.parametrize("h,w,radius", [(9, 13, 3.0), (16, 8, 2.5), (5, 5, 12.0), (30, 29, 2.0), (40, 37, 12.0)])
 def test_local_topk_matches_brute_force(h, w, radius):
     query, key = _features(8, h, w, 0), _features(8, h, w, 1)
     if (h, w) == (30, 29):  # the case that cuts the tiles into several products
@@ -33,6 +33,22 @@ def test_local_topk_matches_brute_force(h, w, radius):
     # Indices agree where values are distinct (ties may be ordered differently).
     sims = query.flatten(1).T @ key.flatten(1)
     assert torch.allclose(torch.gather(sims, 1, indices), values, atol=1e-5)
+
+
+@pytest.mark.parametrize("tile,radius", [(6, 12.0), (6, 6.0), (4, 12.0)])
+def test_windows_leave_out_only_the_corners_no_query_reaches(tile, radius):
+    win = local_windows(40, 50, radius, tile)
+    reach = int(radius)
+    side = tile + 2 * reach
+    wy, wx = torch.meshgrid(torch.arange(side) - reach, torch.arange(side) - reach, indexing="ij")
+    qy, qx = torch.meshgrid(torch.arange(tile), torch.arange(tile), indexing="ij")
+    d2 = (wy.flatten()[:, None] - qy.flatten()[None]) ** 2 + (wx.flatten()[:, None] - qx.flatten()[None]) ** 2
+    reachable = int((d2 <= radius**2).any(1).sum())
+    # corners are dropped unless that would leave top-k on too few cells (torch.topk's slower path)
+    expected = reachable if reachable >= TOPK_PARTIAL_SORT else side * side
+    assert win.flat_index.shape[1] == expected == win.near.shape[1] == win.off_map.shape[2]
+    if (tile, radius) == (6, 12.0):
+        assert expected == 716
 
 
 def test_local_topk_never_returns_a_cell_outside_the_radius():
