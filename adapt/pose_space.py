@@ -181,6 +181,7 @@ class PoseSpaceFit:
 
         self.pred, self.crops, self.maps, self.template = pred, crops, maps, template
         self.cfg, self.weights = cfg, weights
+        self.refine_weights = dataclasses.replace(weights, consistency=weights.refine_consistency)
         self.ref = video_reference(pred, template, crops)
         T, device = len(pred.verts), pred.verts.device
         self.identity = matrix_to_rotation_6d(torch.eye(3, device=device))
@@ -218,7 +219,7 @@ class PoseSpaceFit:
             terms.update(articulated_terms(window, self.template, self.ref, frames))
             if self.cfg.base_offset:
                 terms.update(base_offset_terms(self.offset, self.laplacian, self.template.canonical_scale))
-            loss, stats = weigh(terms, self.weights)
+            loss, stats = weigh(terms, self.refine_weights)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

@@ -179,8 +179,9 @@ def test_base_offset_terms_by_hand(template):
 def test_base_offset_fits_a_head_the_smooth_basis_cannot(template):  # ~10 s
     # the truth's head is half as large again about the head joint (a local bump the 8-vector smooth basis cannot
     # form); same pose and camera. With the free offset the refinement matches its silhouette closer (measured: soft
-    # silhouette loss 0.0026 -> 0.0010), leaves the rest of the bird where it was (mean vertex error 0.010 canonical
-    # units, the bird is ~2.4 long) and keeps the base shape mirror-symmetric.
+    # silhouette loss 0.0026 -> 0.0005), leaves the rest of the bird near where it was (mean vertex error 0.028
+    # canonical units, the bird is ~2.4 long; 0.010 while the consistency term also held the offset in the
+    # refinement, loss.refine_consistency 10) and keeps the base shape mirror-symmetric.
     T, S, HEAD = 2, 64, 15
     head = template.weights[:, HEAD] > 0.5
     rest = template.verts.clone()
@@ -203,7 +204,7 @@ def test_base_offset_fits_a_head_the_smooth_basis_cannot(template):  # ~10 s
         silhouette[free] = history[-1]["silhouette"]
         assert ("base_offset_laplacian" in history[-1]) == free
     assert silhouette[True] < 0.6 * silhouette[False], silhouette
-    assert float((refined.verts[:, ~head] - verts[:, ~head]).norm(dim=-1).mean()) < 0.02
+    assert float((refined.verts[:, ~head] - verts[:, ~head]).norm(dim=-1).mean()) < 0.035
     residual = refined.residual[:1]
     assert torch.allclose(residual, template.symmetrize(residual), atol=1e-6)
 
@@ -259,3 +260,31 @@ def test_pose_space_fit_resumes_where_it_stopped(template):
     fit.run(9)
     assert [h["loss"] for h in fit.history] == [h["loss"] for h in history]
     torch.testing.assert_close(fit.result().verts, whole.verts, rtol=0, atol=0)
+
+
+def test_refinement_weighs_consistency_by_its_own_weight(template):
+    # the refinement's bones and residual are the video's own: its consistency weight is loss.refine_consistency,
+    # whatever loss.consistency (the adaptation's) says
+    T, S = 3, 32
+    rotations = axis_angle_to_matrix(template.prior_pose_mean.reshape(1, 24, 3)).expand(T, -1, -1, -1).clone()
+    cams = torch.tensor([0.5, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]).expand(T, 7)
+    pred = _prediction(template, rotations, cams)
+    masks = render_hard(weak_perspective_project(pred.verts * 1.2, cams), template.faces, S).mask
+    crops = VideoCrops(images=torch.rand(T, 3, S, S), masks=masks, parts=torch.cat([1 - masks, masks], 1).half(),
+                       boxes=torch.tensor([[0.0, 0.0, S, S]]).expand(T, 4), valid=torch.ones(T, dtype=torch.bool),
+                       frame_hw=(S, S))
+    maps = VideoMaps(parts=torch.stack([torch.zeros(128, 256), torch.ones(128, 256)]),
+                     texture=torch.zeros(3, 128, 256), base=pred.verts[0])
+    cfg = OptimConfig(refine_iterations=4, batch_size=2, refine_render_size=S)
+    histories = {}
+    for consistency, refine_consistency in ((10.0, 3.0), (0.5, 3.0), (10.0, 0.0)):
+        weights = LossWeights(part_map=0.0, part_centre=0.0, texture=0.0, consistency=consistency,
+                              refine_consistency=refine_consistency)
+        _, history = refine_pose_space(pred, crops, maps, template, cfg, weights)
+        for stats in history:  # the logged loss is the sum of the logged terms with the refinement's weight
+            terms = {k: v for k, v in stats.items() if k not in ("step", "loss", "seconds")}
+            used = dataclasses.replace(weights, consistency=refine_consistency)
+            assert stats["loss"] == pytest.approx(sum(getattr(used, k) * v for k, v in terms.items()), rel=1e-5)
+        histories[consistency, refine_consistency] = [h["loss"] for h in history]
+    assert histories[10.0, 3.0] == histories[0.5, 3.0]
+    assert histories[10.0, 3.0] != histories[10.0, 0.0] and history[-1]["consistency"] > 0
