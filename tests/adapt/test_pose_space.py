@@ -240,18 +240,25 @@ def test_refit_keeps_the_alternative_track_that_fits_after_refinement(template):
             assert kept.report["candidates"] == ["track"] and kept.track.tolist() == [0, 0]
 
 
-def test_pose_space_fit_resumes_where_it_stopped(template):
-    # 6 steps then 9 more are the same optimisation as 15 at once (the adaptation probes two tracks, then goes on)
-    T, S = 3, 32
+def _grown_bird_clip(template: SkinnedTemplate, T: int, S: int, growth: float):
+    """T frames of the prior-mean bird seen from the front (prediction, crops, maps) whose masks show it ``growth``
+    times larger, so the refinement has something to fit."""
     rotations = axis_angle_to_matrix(template.prior_pose_mean.reshape(1, 24, 3)).expand(T, -1, -1, -1).clone()
     cams = torch.tensor([0.5, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]).expand(T, 7)
     pred = _prediction(template, rotations, cams)
-    masks = render_hard(weak_perspective_project(pred.verts * 1.1, cams), template.faces, S).mask
+    masks = render_hard(weak_perspective_project(pred.verts * growth, cams), template.faces, S).mask
     crops = VideoCrops(images=torch.rand(T, 3, S, S), masks=masks, parts=torch.cat([1 - masks, masks], 1).half(),
                        boxes=torch.tensor([[0.0, 0.0, S, S]]).expand(T, 4), valid=torch.ones(T, dtype=torch.bool),
                        frame_hw=(S, S))
     maps = VideoMaps(parts=torch.stack([torch.zeros(128, 256), torch.ones(128, 256)]),
                      texture=torch.zeros(3, 128, 256), base=pred.verts[0])
+    return pred, crops, maps
+
+
+def test_pose_space_fit_resumes_where_it_stopped(template):
+    # 6 steps then 9 more are the same optimisation as 15 at once (the adaptation probes two tracks, then goes on)
+    S = 32
+    pred, crops, maps = _grown_bird_clip(template, 3, S, 1.1)
     cfg = OptimConfig(refine_iterations=15, batch_size=2, refine_render_size=S)
     weights = LossWeights(part_map=0.0, part_centre=0.0, texture=0.0)
     whole, history = refine_pose_space(pred, crops, maps, template, cfg, weights)
@@ -265,16 +272,8 @@ def test_pose_space_fit_resumes_where_it_stopped(template):
 def test_refinement_weighs_consistency_by_its_own_weight(template):
     # the refinement's bones and residual are the video's own: its consistency weight is loss.refine_consistency,
     # whatever loss.consistency (the adaptation's) says
-    T, S = 3, 32
-    rotations = axis_angle_to_matrix(template.prior_pose_mean.reshape(1, 24, 3)).expand(T, -1, -1, -1).clone()
-    cams = torch.tensor([0.5, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]).expand(T, 7)
-    pred = _prediction(template, rotations, cams)
-    masks = render_hard(weak_perspective_project(pred.verts * 1.2, cams), template.faces, S).mask
-    crops = VideoCrops(images=torch.rand(T, 3, S, S), masks=masks, parts=torch.cat([1 - masks, masks], 1).half(),
-                       boxes=torch.tensor([[0.0, 0.0, S, S]]).expand(T, 4), valid=torch.ones(T, dtype=torch.bool),
-                       frame_hw=(S, S))
-    maps = VideoMaps(parts=torch.stack([torch.zeros(128, 256), torch.ones(128, 256)]),
-                     texture=torch.zeros(3, 128, 256), base=pred.verts[0])
+    S = 32
+    pred, crops, maps = _grown_bird_clip(template, 3, S, 1.2)
     cfg = OptimConfig(refine_iterations=4, batch_size=2, refine_render_size=S)
     histories = {}
     for consistency, refine_consistency in ((10.0, 3.0), (0.5, 3.0), (10.0, 0.0)):
