@@ -130,6 +130,13 @@ class PropagationConfig:
     # mean matched label mass to centre the windows there (else they follow the motion prediction)
     search_score: Fraction = 0.1
     refind_score: Fraction = 0.3  # lost: the same, anywhere in the frame, to resume (else the frame stays empty)
+    # a small object (first-frame extent x zoom_padding below zoom_size / zoom_min pixels) is propagated in a window
+    # that follows it, zoom_size pixels wide for zoom_padding times its extent (correspondence/zoom.py); needs localize
+    zoom: bool = False
+    zoom_size: Count = 512
+    zoom_padding: Positive = 2.0
+    zoom_min: Positive = 1.5
+    zoom_max: Positive = 3.0
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import itertools
 import sys
 from typing import Iterable, Iterator
 
@@ -40,6 +41,7 @@ from .labels import PixelFeatures, index_to_soft, lab_patch_features, soft_to_in
 from .model import UVC
 from .networks import fuse_batchnorm
 from .track import start_track, track_step
+from .zoom import iter_zoomed, zoom_window
 
 LEARNED_RADII = (12.0, 6.0)  # default windows of the first and the previous frames for learned features
 LEARNED_MATCH_DIMS = 64  # default principal components kept for matching learned features
@@ -236,9 +238,49 @@ def localize_factor(cfg: PropagationConfig, model: torch.nn.Module) -> int:
     return max(1, round(cfg.localize_stride / feature_stride(model)))
 
 
+class FrameEncoder:
+    """A video's per-frame features for matching, with the state the first frame fixes for the whole video (the
+    int8 encoder's calibration, the principal subspace, the colour keys' offset, the reference lightness).
+
+    Calling it on a frame's Lab (1, 3, H, W) gives (feat, key, unit): the target features (C, h, w) matched as
+    queries, the same frame's keys when it serves as context, and unit features for the coarse localization.
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg: PropagationConfig):
+        self.model, self.encoder, self.cfg = model, model, cfg
+        self.dims, self.basis, self.layer2 = match_dims(cfg, model), None, layer2_weight(cfg, model)
+        self.colour, self.use_bf16 = pixel_weight(cfg, model), bf16_allowed(cfg, model)
+        self.distance = similarity_kind(cfg, model) == "pixel_distance"
+        self.key_offset, self.l_first, self.calibrated = None, None, False
+
+    def __call__(self, lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        first, self.calibrated = not self.calibrated, True
+        if self.distance:
+            self.l_first = float(lab[0, 0].mean()) if first else self.l_first
+            patches = distance_patches(lab, self.model.stride, self.l_first)
+            (feat, key), unit = distance_embedding(patches), F.normalize(patches, dim=0)
+            return feat, key, unit
+        if first and int8_encoding(self.cfg, self.model):
+            self.encoder = Int8Encoder(self.model.encoder, lab)
+        feat = encode_frame(self.encoder, lab, self.use_bf16, self.layer2)
+        if self.dims:  # the first frame's principal subspace serves the whole video
+            self.basis = principal_basis(feat, self.dims) if first else self.basis
+            feat = project_features(feat, self.basis)
+        key = feat
+        if self.colour > 0:  # joined after the projection, which is the learned features'
+            feat = join_colour(feat, lab, self.colour)
+            self.key_offset = feat.mean(dim=(1, 2), keepdim=True) if first else self.key_offset
+            key = feat - self.key_offset  # centred keys, see bf16_allowed
+        if bf16_matching(self.use_bf16, feat.device):
+            feat, key = feat.bfloat16(), key.bfloat16()  # matching in bfloat16 is ~3x faster with bf16 units
+        return feat, key, feat
+
+
 def iter_propagate(frames: Iterable[np.ndarray], labels0: torch.Tensor, model: torch.nn.Module,
                    cfg: PropagationConfig) -> Iterator[torch.Tensor]:
-    """Stream soft labels at feature resolution, one (L, h, w) tensor per frame (the first is labels0's).
+    """Stream soft labels, one (L, h, w) tensor per frame (the first is labels0's), on a grid covering the frame:
+    the features' (stride ``feature_stride``), or a finer one when a small object is followed in a zoomed window
+    (``zoom``; all frames of a video share one grid).
 
     With ``cfg.localize`` the object is tracked (``track.track_step``): the windows follow it, frames where it is
     absent are plain background and only confident frames join the context.
@@ -248,35 +290,22 @@ def iter_propagate(frames: Iterable[np.ndarray], labels0: torch.Tensor, model: t
         labels0: (L, H, W) soft labels of the first frame, channel 0 background.
     """
     cfg = dataclasses.replace(cfg, temperature=softmax_temperature(cfg, model))
+    frames = iter(frames)
+    frame0 = next(frames, None)
+    if frame0 is None:
+        return
+    frames = itertools.chain([frame0], frames)
+    window = zoom_window(labels0, cfg, feature_stride(model), frame0.shape[:2])
+    if window is not None:
+        yield from iter_zoomed(frames, labels0, FrameEncoder(model, cfg), cfg, window, context_radii(cfg, model),
+                               localize_factor(cfg, model), model_device(model))
+        return
     previous: collections.deque = collections.deque(maxlen=max(cfg.context_previous, 0))
     first, (radius_first, radius_previous) = None, context_radii(cfg, model)
-    dims, basis, layer2 = match_dims(cfg, model), None, layer2_weight(cfg, model)
-    colour, use_bf16 = pixel_weight(cfg, model), bf16_allowed(cfg, model)
-    device, key_offset, encoder = model_device(model), None, model
+    encoder, device = FrameEncoder(model, cfg), model_device(model)
     track, factor = None, localize_factor(cfg, model)
-    distance = similarity_kind(cfg, model) == "pixel_distance"
-    l_first = None
     for frame in frames:
-        lab = frame_to_lab(frame, device)
-        if distance:
-            l_first = float(lab[0, 0].mean()) if l_first is None else l_first
-            patches = distance_patches(lab, model.stride, l_first)
-            (feat, key), unit = distance_embedding(patches), F.normalize(patches, dim=0)
-        else:
-            if first is None and int8_encoding(cfg, model):
-                encoder = Int8Encoder(model.encoder, lab)
-            feat = encode_frame(encoder, lab, use_bf16, layer2)
-            if dims:  # the first frame's principal subspace serves the whole video
-                basis = principal_basis(feat, dims) if basis is None else basis
-                feat = project_features(feat, basis)
-            key = feat
-            if colour > 0:  # joined after the projection, which is the learned features'
-                feat = join_colour(feat, lab, colour)
-                key_offset = feat.mean(dim=(1, 2), keepdim=True) if key_offset is None else key_offset
-                key = feat - key_offset  # centred keys, see bf16_allowed
-            if bf16_matching(use_bf16, feat.device):
-                feat, key = feat.bfloat16(), key.bfloat16()  # matching in bfloat16 is ~3x faster with bf16 units
-            unit = feat
+        feat, key, unit = encoder(frame_to_lab(frame, device))
         confident = True
         if first is None:
             labels = labels_to_features(labels0.to(feat.device), tuple(feat.shape[-2:]))
