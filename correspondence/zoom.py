@@ -33,6 +33,7 @@ from .config import PropagationConfig
 from .context import ContextFrame, label_centre, label_mass, make_context, propagate_step
 from .track import Track, background, coarse_features, locate, start_track, update_track
 
+
 @dataclass(frozen=True)
 class ZoomWindow:
     """The zoom of one video: ``size`` the window's side in pixels of the matched image (a multiple of the feature
@@ -139,7 +140,7 @@ def iter_zoomed(frames: Iterable[np.ndarray], labels0: torch.Tensor, encode, cfg
         else:
             cell = (H / unit.shape[-2], W / unit.shape[-1])  # frame pixels per feature cell
             centre = (sighting.centre + 0.5) * torch.tensor(cell)
-            side = zoom.side  # one size for the video: see the module's docstring
+            side = zoom.side  # one size for the whole video: see the module's docstring
             feat, key, _ = encode(crop_window(lab, centre, side, zoom.size))
             window_labels = propagate_step(feat, [first, *previous], cfg)
             cells = confident_cells(uncrop_labels(window_labels, centre, side, (H, W), tuple(unit.shape[-2:])))
@@ -161,8 +162,11 @@ def start_zoomed(lab: torch.Tensor, labels: torch.Tensor, encode, zoom: ZoomWind
     window_labels = F.adaptive_avg_pool2d(crop_labels(labels, centre, zoom.side, zoom.size)[None],
                                           tuple(feat.shape[-2:]))[0]
     _, _, unit = encode(lab)
-    cells = confident_cells(F.adaptive_avg_pool2d(labels[None], tuple(unit.shape[-2:]))[0])
-    return make_context(key, window_labels, radius), start_track(unit, cells, factor)
+    cells = F.adaptive_avg_pool2d(labels[None], tuple(unit.shape[-2:]))[0]
+    confident = confident_cells(cells)
+    # an object smaller than half a cell has no confident cell: its soft cells start the track
+    track = start_track(unit, confident if float(label_mass(confident).sum()) > 0 else cells, factor)
+    return make_context(key, window_labels, radius), track
 
 
 def confident_cells(labels: torch.Tensor) -> torch.Tensor:

@@ -102,3 +102,13 @@ def test_zoom_window_measures_the_object_in_frame_pixels():
     cfg = PropagationConfig(zoom=True, zoom_size=128, zoom_padding=2.0, zoom_min=1.5, zoom_max=5.0)
     window = zoom_window(_labels_with_square(40, frame=(200, 300)), cfg, 4, frame_hw=(100, 150))
     assert window.side == pytest.approx(2.0 * 20)
+
+
+def test_an_object_smaller_than_a_cell_is_still_tracked():
+    frames, masks = _flying_clip(steps=3, speed=4, side=10)
+    masks[0] = np.zeros_like(masks[0])
+    masks[0][52:54, 25:27] = 1  # 2 x 2 px of the bird: a quarter of a 4-px cell at most
+    cfg = PropagationConfig(context_previous=2, topk=3, radius=3.0, temperature=0.01, pixel_stride=4, zoom=True,
+                            zoom_size=64, zoom_padding=2.0, zoom_max=3.0)
+    labels = propagate_labels(frames, index_to_soft(masks[0], 2), PixelFeatures(4), cfg)
+    assert labels.shape == (3, 2, 128, 256) and torch.isfinite(labels).all()
