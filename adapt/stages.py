@@ -99,7 +99,8 @@ def propagate_and_crop(video: VideoInput, labels0: Tensor, model: torch.nn.Modul
         soft = labels0.to(device) if t == 0 else upsample_labels(labels, (H, W))  # (K + 1, H, W)
         mask = (1 - soft[:1])[None]  # (1, 1, H, W)
         area = float((mask > 0.5).float().mean())
-        valid.append(area >= cfg.parts.min_area)
+        first_area = area if t == 0 else first_area
+        valid.append(area >= cfg.parts.vanished_below(first_area))
         frame = frame_tensor(video.frames[t], device)
         # A vanished object keeps the last box it had, so the crops stay on where it was.
         box = boxes[t - 1: t] if t and not valid[-1] else crop_box_from_mask(mask, cfg.predictor.crop_padding)

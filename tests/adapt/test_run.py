@@ -9,7 +9,7 @@ import torch
 import trimesh
 from PIL import Image
 
-from adapt.config import AdaptConfig, LossWeights, OptimConfig
+from adapt.config import AdaptConfig, LossWeights, OptimConfig, PartsConfig
 from adapt.export import project_to_pixels
 from adapt.inputs import DEMO_MASK, DEMO_VIDEO, read_mask, read_video, resize_mask
 from adapt.optimize import adapt_predictor, predict_frames, video_maps
@@ -153,6 +153,13 @@ def test_vanishing_object_warns_instead_of_crashing(tmp_path, clip, predictor_ch
          ["parts.min_area=0.05"])
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert any("vanished" in w for w in report["warnings"]) and report["vanished_frames"]
+
+
+@pytest.mark.parametrize("first_area, expected", [(0.1, 0.002), (0.004, 0.0004), (0.0, 0.0)])
+def test_a_small_bird_is_not_vanished_for_being_small(first_area, expected):
+    # a bird covering 0.4 % of the frame in its first mask (60 px in 854 x 480) vanishes below a tenth of that, not
+    # below the 0.2 % that serves larger birds
+    assert PartsConfig(min_area=0.002, min_area_first=0.1).vanished_below(first_area) == pytest.approx(expected)
 
 
 def test_adaptation_lowers_its_losses(clip, predictor_checkpoint):
