@@ -48,7 +48,9 @@ class ZoomWindow:
 def zoom_window(labels0: torch.Tensor, cfg: PropagationConfig, stride: int,
                 frame_hw: tuple[int, int] | None = None) -> ZoomWindow | None:
     """The video's zoom from its first labels (L, H', W') and the frames' size (H, W) (None: the labels'), or None
-    (no zoom): off, no tracker, nothing labelled, or an object too large to gain ``zoom_min`` times more cells."""
+    (no zoom): off, no tracker, nothing labelled, an object too large to gain ``zoom_min`` times more cells, or one
+    whose window would not fit in the frame (a bird that large in a small frame is not small: the window would only
+    enlarge the whole frame, at more cost than the frame; the 480x270 demo bird, 154 px across)."""
     if not (cfg.zoom and cfg.localize) or labels0.shape[0] < 2:
         return None
     ys, xs = torch.nonzero(label_mass(labels0) > 0.5, as_tuple=True)
@@ -58,7 +60,8 @@ def zoom_window(labels0: torch.Tensor, cfg: PropagationConfig, stride: int,
     extent = (max(int(ys.max() - ys.min()), int(xs.max() - xs.min())) + 1) * scale
     size = max(cfg.zoom_size // stride, 1) * stride
     side = max(cfg.zoom_padding * extent, size / cfg.zoom_max)
-    if size / side < cfg.zoom_min:
+    frame_side = min(frame_hw) if frame_hw is not None else min(labels0.shape[-2:])
+    if size / side < cfg.zoom_min or cfg.zoom_padding * extent > frame_side:
         return None
     return ZoomWindow(size, side, max(1, round(stride * side / size)))
 

@@ -97,6 +97,13 @@ def test_zoomed_propagation_follows_a_small_fast_object_on_a_finer_grid():
     assert ious[True].mean() > ious[False].mean() + 0.1, ious  # measured 0.93 vs 0.71
 
 
+def test_zoom_window_leaves_an_object_whose_window_exceeds_the_frame():
+    cfg = PropagationConfig(zoom=True, zoom_size=512, zoom_padding=2.0, zoom_min=1.5, zoom_max=3.0)
+    # 50 px: a 100-px window fits a 200-px tall frame (zoom 5.1, capped at 3); in a 90-px tall frame it does not
+    assert zoom_window(_labels_with_square(50, frame=(200, 300)), cfg, 4).side == pytest.approx(512 / 3)
+    assert zoom_window(_labels_with_square(50, frame=(90, 300)), cfg, 4) is None
+
+
 def test_zoom_window_measures_the_object_in_frame_pixels():
     # a mask at twice the frames' resolution (``correspondence.propagate --mask`` of a video read at max_side)
     cfg = PropagationConfig(zoom=True, zoom_size=128, zoom_padding=2.0, zoom_min=1.5, zoom_max=5.0)
