@@ -49,8 +49,8 @@ def zoom_window(labels0: torch.Tensor, cfg: PropagationConfig, stride: int,
                 frame_hw: tuple[int, int] | None = None) -> ZoomWindow | None:
     """The video's zoom from its first labels (L, H', W') and the frames' size (H, W) (None: the labels'), or None
     (no zoom): off, no tracker, nothing labelled, an object too large to gain ``zoom_min`` times more cells, or one
-    whose window would not fit in the frame (a bird that large in a small frame is not small: the window would only
-    enlarge the whole frame, at more cost than the frame; the 480x270 demo bird, 154 px across)."""
+    whose ``zoom_padding`` times its extent does not fit in the frame (a bird that large in a small frame is not small:
+    the window would only enlarge the whole frame, at more cost than the frame; the 480x270 demo bird, 154 px across)."""
     if not (cfg.zoom and cfg.localize) or labels0.shape[0] < 2:
         return None
     ys, xs = torch.nonzero(label_mass(labels0) > 0.5, as_tuple=True)

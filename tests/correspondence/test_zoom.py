@@ -99,7 +99,7 @@ def test_zoomed_propagation_follows_a_small_fast_object_on_a_finer_grid():
 
 def test_zoom_window_leaves_an_object_whose_window_exceeds_the_frame():
     cfg = PropagationConfig(zoom=True, zoom_size=512, zoom_padding=2.0, zoom_min=1.5, zoom_max=3.0)
-    # 50 px: a 100-px window fits a 200-px tall frame (zoom 5.1, capped at 3); in a 90-px tall frame it does not
+    # 50 px: twice that fits a 200-px tall frame (zoom 5.1, capped at 3: a 171-px window); a 90-px tall one it does not
     assert zoom_window(_labels_with_square(50, frame=(200, 300)), cfg, 4).side == pytest.approx(512 / 3)
     assert zoom_window(_labels_with_square(50, frame=(90, 300)), cfg, 4) is None
 
