@@ -133,7 +133,7 @@ class PropagationConfig:
     # a small object (first-frame extent x zoom_padding below zoom_size / zoom_min pixels) is propagated in a window
     # that follows it, zoom_size pixels wide for zoom_padding times its extent, at most zoom_max times enlarged
     # (correspondence/zoom.py; needs localize). Flight J&F 0.383 -> 0.396 (slow small birds 0.49 -> 0.73), DAVIS
-    # birds too large to be zoomed: an option (the model card)
+    # birds too large to be zoomed: off here (the benchmark protocol), on in adapt.run (the model card)
     zoom: bool = False
     zoom_size: Count = 512
     zoom_padding: Positive = 2.0

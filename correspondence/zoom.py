@@ -56,12 +56,12 @@ def zoom_window(labels0: torch.Tensor, cfg: PropagationConfig, stride: int,
     ys, xs = torch.nonzero(label_mass(labels0) > 0.5, as_tuple=True)
     if len(ys) == 0:
         return None
-    scale = 1.0 if frame_hw is None else max(frame_hw[0] / labels0.shape[1], frame_hw[1] / labels0.shape[2])
+    H, W = frame_hw if frame_hw is not None else labels0.shape[-2:]
+    scale = max(H / labels0.shape[1], W / labels0.shape[2])
     extent = (max(int(ys.max() - ys.min()), int(xs.max() - xs.min())) + 1) * scale
     size = max(cfg.zoom_size // stride, 1) * stride
     side = max(cfg.zoom_padding * extent, size / cfg.zoom_max)
-    frame_side = min(frame_hw) if frame_hw is not None else min(labels0.shape[-2:])
-    if size / side < cfg.zoom_min or cfg.zoom_padding * extent > frame_side:
+    if size / side < cfg.zoom_min or cfg.zoom_padding * extent > min(H, W):
         return None
     return ZoomWindow(size, side, max(1, round(stride * side / size)))
 
