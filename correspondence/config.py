@@ -139,6 +139,8 @@ class PropagationConfig:
     zoom_padding: Positive = 2.0
     zoom_min: Positive = 1.5
     zoom_max: Positive = 3.0
+    # keep only the object at the window's centre (zoom.keep_central_blob): flight J&F 0.396 -> 0.460
+    zoom_gate: bool = True
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import torch
 from correspondence.config import PropagationConfig
 from correspondence.labels import PixelFeatures, index_to_soft, soft_to_index
 from correspondence.propagate import iter_propagate, propagate_labels
-from correspondence.zoom import crop_labels, crop_window, uncrop_labels, zoom_window
+from correspondence.zoom import crop_labels, crop_window, keep_central_blob, uncrop_labels, zoom_window
 
 H, W = 60, 90
 
@@ -119,3 +119,38 @@ def test_an_object_smaller_than_a_cell_is_still_tracked():
                             zoom_size=64, zoom_padding=2.0, zoom_max=3.0)
     labels = propagate_labels(frames, index_to_soft(masks[0], 2), PixelFeatures(4), cfg)
     assert labels.shape == (3, 2, 128, 256) and torch.isfinite(labels).all()
+
+
+def _parts_window(blobs, r=64):
+    """(3, r, r) soft labels (background, two parts): each blob (y0, y1, x0, x1, part) a block of that part at 0.9,
+    the rest of its mass background; a faint 0.2 haze of part 1 over the whole window."""
+    labels = torch.zeros(3, r, r)
+    labels[0], labels[1] = 0.8, 0.2
+    for y0, y1, x0, x1, part in blobs:
+        labels[:, y0:y1, x0:x1] = 0.0
+        labels[0, y0:y1, x0:x1], labels[part, y0:y1, x0:x1] = 0.1, 0.9
+    return labels
+
+
+def test_keep_central_blob_drops_a_look_alike_and_keeps_a_detached_wing():
+    body, wing = (26, 38, 24, 40, 1), (28, 34, 44, 56, 2)  # the wing 4 cells right of the body: within the gap
+    look_alike = (50, 60, 4, 14, 1)  # a confident blob 12+ cells from both, off the window's centre
+    labels = _parts_window([body, wing, look_alike])
+    out = keep_central_blob(labels, gap=6)
+    # kept: within 3 cells (4-connected steps: |dy| + |dx|) of the body or the wing, by brute force
+    ys, xs = np.mgrid[:64, :64]
+    kept_blobs = [(y, x) for y0, y1, x0, x1, _ in (body, wing) for y in range(y0, y1) for x in range(x0, x1)]
+    keep = torch.from_numpy(np.min([np.abs(ys - y) + np.abs(xs - x) for y, x in kept_blobs], axis=0) <= 3)
+    torch.testing.assert_close(out.sum(0), torch.ones(64, 64))
+    torch.testing.assert_close(out[:, keep], labels[:, keep])  # untouched, the faint fringe too
+    assert (out[0, ~keep] == 1).all() and (out[1:, ~keep] == 0).all()  # the look-alike and the haze: background
+    # alone, nothing is dropped; the wing 5 dilation steps away goes with a gap of 3
+    single = _parts_window([body])
+    torch.testing.assert_close(keep_central_blob(single), single)
+    assert (keep_central_blob(labels, gap=3)[2] == 0).all()
+
+
+def test_keep_central_blob_prefers_the_centre_to_a_larger_blob_at_the_border():
+    centre, border = (28, 36, 28, 36, 1), (0, 14, 50, 64, 1)  # 64 cells of mass at the centre, 196 in a corner
+    out = keep_central_blob(_parts_window([centre, border]))
+    assert out[1, 28:36, 28:36].min() == pytest.approx(0.9) and (out[1, 0:14, 50:64] == 0).all()
