@@ -171,7 +171,8 @@ class AdaptConfig:
     correspondence: CorrespondenceSettings = field(default_factory=CorrespondenceSettings)
     # see correspondence/config.py; the pixels method on a stride-4 grid keeps necks and legs (configs/adapt.yaml).
     # Small birds are propagated in zoomed windows (flight benchmark, 12 clips: adapted IoU 0.278 -> 0.297, 8 clips
-    # up; birds wider or taller than ~170 px, such as the DAVIS birds and the cockatoo, are not zoomed: unchanged)
+    # up; 0.351 with zoom_gate, the default; birds wider or taller than ~170 px, such as the DAVIS birds and the
+    # cockatoo, are not zoomed: unchanged)
     propagation: PropagationConfig = field(default_factory=lambda: PropagationConfig(pixel_stride=4, zoom=True))
     parts: PartsConfig = field(default_factory=PartsConfig)
     flags: FlagsConfig = field(default_factory=FlagsConfig)
