@@ -27,7 +27,6 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from birdmesh.color import uint8_rgb_to_lab
 
@@ -189,7 +188,6 @@ def confident_cells(labels: torch.Tensor) -> torch.Tensor:
     return out
 
 
-
 def keep_central_blob(labels: torch.Tensor, gap: int = GATE_GAP) -> torch.Tensor:
     """(L, r, r) window labels -> the same with only the object at the window's centre: the confident blobs (label
     mass > 1/2) within ``gap`` cells of the blob with the most centre-weighted mass, and a 3-cell fringe around them,
@@ -200,12 +198,14 @@ def keep_central_blob(labels: torch.Tensor, gap: int = GATE_GAP) -> torch.Tensor
     colour. Left in, it takes labels, joins the context and drags the next windows off the bird. Blobs near the main
     one stay: a wing drawn thinner than a cell comes apart from the body.
     """
+    from scipy import ndimage  # here: only zoomed videos pay for its import
+
     mass = label_mass(labels).cpu().numpy()
     blobs, count = ndimage.label(mass > 0.5)
     if count < 2:
         return labels
     ys, xs = np.ogrid[:mass.shape[0], :mass.shape[1]]
-    sigma = mass.shape[1] / 4  # the window is zoom_padding (2) x the object: its extent is half the window
+    sigma = mass.shape[1] / 4  # the window is zoom_padding (2) x the object or more: its extent is at most half
     weight = mass * np.exp(-((ys - mass.shape[0] / 2) ** 2 + (xs - mass.shape[1] / 2) ** 2) / (2 * sigma**2))
     main = 1 + int(np.argmax(ndimage.sum(weight, blobs, index=np.arange(1, count + 1))))
     near = ndimage.binary_dilation(blobs == main, iterations=gap)
