@@ -12,6 +12,7 @@ from correspondence.config import PropagationConfig
 from correspondence.context import label_centre, shift_tile_flags, tile_shift
 from correspondence.labels import PixelFeatures, index_to_soft, soft_to_index
 from correspondence.propagate import propagate_labels
+from correspondence import track
 from correspondence.track import find_object, matched_mass, CoarseFrame
 
 H, W, SIDE = 96, 192, 16  # frame and object size (pixels): 24 x 48 cells at stride 4
@@ -102,6 +103,45 @@ def test_a_bird_that_leaves_for_ten_frames_is_found_within_three_frames_of_its_r
     first_found = next(t for t in range(back, len(positions)) if _iou(pred[t], masks[t]) > 0.5)
     assert first_found <= back + 2, first_found
     assert all(_iou(pred[t], masks[t]) > 0.5 for t in range(first_found, len(positions)))
+
+
+def _with_lookalike(frames, at, since):
+    """The frames with a copy of the object pasted at ``at`` (y, x) from frame ``since`` on (not in the masks)."""
+    frames = frames.copy()
+    y, x = at
+    frames[since:, y:y + SIDE, x:x + SIDE] = _object()
+    return frames
+
+
+@pytest.mark.parametrize("uniform", [False, True])
+def test_a_bird_that_flies_out_is_refound_where_it_left_not_on_a_lookalike(uniform, monkeypatch):
+    # right 8 px a frame to the right border, out for 4 frames, back at the border flying left; from the frame it
+    # left, a look-alike sits still in the far corner. Searching the whole frame alike (the refind prior made
+    # uniform) takes the look-alike as soon as the bird is gone, and keeps it.
+    if uniform:
+        monkeypatch.setattr(track, "REFIND_SPREAD", 1e6)
+    positions = [(40, 120 + 8 * t) for t in range(8)] + [None] * 4 + [(40, 176 - 8 * t) for t in range(8)]
+    frames, masks = _clip(positions)
+    frames = _with_lookalike(frames, (4, 4), since=8)
+    _, pred = _predict(frames, masks, _cfg())
+    on_lookalike = [(pred[t, 4:20, 4:20] > 0).mean() for t in range(8, len(positions))]
+    back = [_iou(pred[t], masks[t]) for t in range(13, len(positions))]
+    if uniform:
+        assert max(on_lookalike) > 0.5, on_lookalike
+    else:
+        assert max(on_lookalike) == 0, on_lookalike
+        assert all(pred[t].max() == 0 for t in range(8, 12))
+        assert min(back) > 0.6, back
+
+
+def test_a_bird_that_comes_back_far_from_where_it_left_is_found_within_refind_patience():
+    # still at the left for 4 frames, out for 6, back at the right border (154 px away) for good
+    positions = [(40, 16)] * 4 + [None] * 6 + [(40, 170)] * 30
+    frames, masks = _clip(positions)
+    _, pred = _predict(frames, masks, _cfg())
+    found = [t for t in range(10, len(positions)) if _iou(pred[t], masks[t]) > 0.6]
+    assert found and found[0] - 3 <= track.REFIND_PATIENCE, found  # the last frame seen: 3
+    assert found == list(range(found[0], len(positions)))
 
 
 def test_frames_without_the_object_are_reported_empty():
