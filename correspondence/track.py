@@ -184,7 +184,7 @@ def locate(track: Track, target: torch.Tensor, factor: int, cfg: PropagationConf
         prior = prior.clamp_min(min(1.0, track.lost / REFIND_PATIENCE))
     elif track.velocity is None:  # motion unknown: anywhere, nearer first
         prior = gaussian_prior((hc, wc), to_coarse(track.centre, factor), PRIOR_SPREAD * (hc + wc) / 4)
-    elif track.lost == 0:
+    else:  # tracked, moving: near its prediction
         centre = to_coarse(predicted, factor)
         reach = size + 2.0 * speed / factor + 2.0
         sigma = PRIOR_SPREAD * (size + 0.5 * speed / factor + 2.0)
