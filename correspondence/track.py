@@ -166,8 +166,8 @@ def locate(track: Track, target: torch.Tensor, factor: int, cfg: PropagationConf
     prediction, no search. Tracked otherwise: the blob of ``matched_mass`` in a region around the prediction that
     grows with the object's speed and size, weighted by a Gaussian motion prior; the prediction if nothing scores
     ``cfg.search_score`` (``update_track`` judges the result by its label mass). Lost: the best blob of the whole
-    frame weighted by a wide Gaussian around where its last motion leads (``REFIND_SPREAD``), None (still lost) if
-    its weighted score is less than ``cfg.refind_score``.
+    frame weighted by a wide Gaussian around where its last motion leads (``REFIND_SPREAD``; never below frames lost
+    / ``REFIND_PATIENCE``), None (still lost) if its weighted score is less than ``cfg.refind_score``.
     """
     speed = 0.0 if track.velocity is None else float(track.velocity.norm())
     predicted = track.centre + (0 if track.velocity is None else track.velocity)
