@@ -15,7 +15,8 @@ METHOD_COLOURS = {"adapted": (220, 40, 40), "framewise": (40, 90, 230)}  # RGB; 
 GT_COLOUR = (40, 200, 60)
 OVERLAY_BOX = (TILE, 2 * TILE)  # (h, w) the frame with outlines is fitted into
 LABEL_BAND, GAP = 18, 4  # pixels: title band above each cell, white gap between cells
-SHEET_LEGEND = ("outlines: green ground truth, red adapted, blue frame-wise; meshes: each with its own camera",
+SHEET_LEGEND = ("outlines: green ground truth, red adapted, blue frame-wise; meshes: each with its own camera, "
+                "the head dark, the tail tip yellow",
                 "side: turned 90 deg about the image's vertical axis (camera on the left); top: 90 deg about its "
                 "horizontal axis (seen from above, camera at the bottom)")
 

@@ -34,7 +34,7 @@ from .checkpoint import DEFAULT_WEIGHTS, load_predictor
 from .crop import crop_around_mask, crop_image
 from .geometry import ndc_to_pixels, quaternion_to_rotation_matrix
 from .mesh import vertex_normals
-from .mesh_views import TILE, mesh_view_tiles
+from .mesh_views import TILE, landmark_colours, mesh_view_tiles
 from .predictor import MeshPredictor, Prediction, project_keypoints, project_vertices, texture_from_flow
 from .render import interpolate_hard, render_hard, sample_texture_hard
 from .synth import SynthSettings, generate_batch
@@ -131,7 +131,7 @@ def evaluate_synthetic(model: MeshPredictor, n: int, seed: int, batch: int = 32,
             examples = example_panels(images[:NUM_EXAMPLES], _slice(pred, NUM_EXAMPLES))
             k = NUM_EXAMPLES
             views = view_panels(images[:k], pred.verts[:k], pred.cams[:k], pred.faces, data["verts"][:k],
-                                data["cam"][:k], faces_gt)
+                                data["cam"][:k], faces_gt, pred.vert2kp)
     return rows, examples, views
 
 
@@ -156,16 +156,24 @@ def camera_frame(verts: Tensor, cam: Tensor) -> np.ndarray:
 
 
 def view_panels(images: Tensor, verts: Tensor, cams: Tensor, faces: Tensor, verts_gt: Tensor, cams_gt: Tensor,
-                faces_gt: Tensor) -> np.ndarray:
+                faces_gt: Tensor, keypoint_weights: Tensor | None = None) -> np.ndarray:
     """One row per image (B, 3, S, S in [0, 1]): the image, then the predicted mesh (verts (B, V, 3), cams (B, 7),
     faces (F, 3)) and the true one (verts_gt (B, M, 3), cams_gt, faces_gt) from the camera, the side and above
-    (``mesh_views``), one scale per row: a mesh right only through the camera shows here.
+    (``mesh_views``), one scale per row: a mesh right only through the camera shows here. With the predictor's
+    ``keypoint_weights`` (K, V) the head and the tail tip are marked (``landmark_colours``; on the truth too when it
+    has the predictor's vertices, as the articulated template does).
     Returns (B, TILE, 7 * TILE, 3) uint8."""
+    weights = None if keypoint_weights is None else keypoint_weights.detach().cpu().double().numpy()
     rows = []
     for i in range(len(images)):
         image = (images[i].permute(1, 2, 0).cpu().numpy() * 255).round().clip(0, 255).astype(np.uint8)
-        meshes = {"pred": (camera_frame(verts[i], cams[i]), faces.cpu().numpy(), (220, 40, 40)),
-                  "GT": (camera_frame(verts_gt[i], cams_gt[i]), faces_gt.cpu().numpy(), (40, 200, 60))}
+        meshes = {}
+        for label, v, cam, f, colour in (("pred", verts[i], cams[i], faces, (220, 40, 40)),
+                                          ("GT", verts_gt[i], cams_gt[i], faces_gt, (40, 200, 60))):
+            v = camera_frame(v, cam)
+            if weights is not None and weights.shape[1] == len(v):
+                colour = landmark_colours(v, f.cpu().numpy(), weights, colour)
+            meshes[label] = (v, f.cpu().numpy(), colour)
         tiles = [cv2.resize(image, (TILE, TILE), interpolation=cv2.INTER_AREA)]
         for title, tile in mesh_view_tiles(meshes):
             tile = tile.copy()

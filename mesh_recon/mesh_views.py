@@ -24,6 +24,10 @@ VIEWS = {
     "side": np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]]),  # (x, y, z) -> (z, y, -x)
     "top": np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]),  # (x, y, z) -> (x, -z, y)
 }
+# the head (around the bill tip, keypoint 0) and the tail tip (keypoint 9) of the avian keypoint order are drawn in
+# these colours: a silhouette, and a plain shaded mesh, cannot tell a bird facing backwards from one facing forwards
+HEAD_COLOUR, TAIL_COLOUR = (35, 35, 35), (255, 200, 0)
+LANDMARK_REACH = 0.12  # faces within this share of the mesh's bounding-box diagonal of the keypoint
 LIGHT = np.array([-0.4, -0.6, -1.0]) / np.linalg.norm([-0.4, -0.6, -1.0])  # towards the viewer, from upper left
 AMBIENT = 0.3
 
@@ -49,7 +53,8 @@ def view_verts(verts: np.ndarray, radius: float) -> np.ndarray:
 
 def shade_views(ndc: np.ndarray, faces: np.ndarray, colour, size: int = TILE) -> np.ndarray:
     """Flat-shaded z-buffer renders (both windings lit, so folds show) of (N, V, 3) NDC vertices sharing faces
-    (F, 3): (N, size, size, 3) uint8, ``colour`` (RGB 0-255) under a light from the viewer's upper left."""
+    (F, 3): (N, size, size, 3) uint8, ``colour`` (RGB 0-255, or (F, 3) one per face) under a light from the
+    viewer's upper left."""
     verts = torch.from_numpy(np.ascontiguousarray(ndc, dtype=np.float64))
     faces_t = torch.as_tensor(np.asarray(faces), dtype=torch.int64)
     fragments = render_hard(verts, faces_t, size)
@@ -57,17 +62,38 @@ def shade_views(ndc: np.ndarray, faces: np.ndarray, colour, size: int = TILE) ->
     intensity = AMBIENT + (1 - AMBIENT) * cosine
     index = fragments.face_index.clamp_min(0)  # (N, size, size)
     lit = torch.gather(intensity, 1, index.reshape(len(verts), -1)).reshape(index.shape)
-    image = lit[..., None] * torch.tensor(colour, dtype=torch.float64)
+    colours = torch.as_tensor(np.asarray(colour), dtype=torch.float64)
+    image = lit[..., None] * (colours[index] if colours.ndim == 2 else colours)
     background = torch.tensor(BACKGROUND, dtype=torch.float64)
     image = torch.where((fragments.face_index >= 0)[..., None], image, background)
     return image.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def landmark_colours(verts: np.ndarray, faces: np.ndarray, keypoint_weights: np.ndarray, colour) -> np.ndarray:
+    """(F, 3) face colours: ``colour`` (RGB), except faces near the head (bill-tip keypoint) in ``HEAD_COLOUR`` and
+    near the tail tip in ``TAIL_COLOUR`` (centroid within ``LANDMARK_REACH`` of the bounding-box diagonal).
+
+    Args:
+        verts: (V, 3); faces: (F, 3); keypoint_weights: (K, V), K >= 10, rows in the avian keypoint order
+            (``mesh_recon.synth`` keypoints: 0 bill tip, 9 tail tip), each row a weighting of the vertices.
+    """
+    verts = np.asarray(verts, dtype=np.float64)
+    faces = np.asarray(faces)
+    keypoints = keypoint_weights @ verts  # (K, 3)
+    centroids = verts[faces].mean(1)  # (F, 3)
+    reach = LANDMARK_REACH * float(np.linalg.norm(verts.max(0) - verts.min(0)))
+    out = np.tile(np.asarray(colour, dtype=np.float64), (len(faces), 1))
+    for row, marked in ((9, TAIL_COLOUR), (0, HEAD_COLOUR)):  # the head last: it wins where both reach
+        out[np.linalg.norm(centroids - keypoints[row], axis=1) <= reach] = marked
+    return out
 
 
 def mesh_view_tiles(meshes: dict, size: int = TILE) -> list[tuple[str, np.ndarray]]:
     """One row of labelled tiles: for each mesh, its camera, side and top views at one shared scale.
 
     Args:
-        meshes: label -> (verts (V, 3) camera frame, faces (F, 3), RGB colour); all in the same units.
+        meshes: label -> (verts (V, 3) camera frame, faces (F, 3), RGB colour or (F, 3) face colours
+            (``landmark_colours``)); all in the same units.
     Returns:
         [(f"{label} {view}", (size, size, 3) uint8)] in ``meshes`` order, then ``VIEWS`` order.
     """
