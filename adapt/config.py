@@ -141,10 +141,12 @@ class OptimConfig:
     base_offset: bool = True
     viewpoint_switch_cost: NonNegative = 2.0  # articulated: cost of one radian of camera rotation between frames
     # when one camera-hypothesis track is chosen for the video (adapt/viewpoint.py)
-    # articulated: refine this many steps on the track and on its alternative, go on with the lower loss; 0 = off.
-    # All of the refinement's 300: at 100 the mallard's losses still favour the track that ends worse (IoU 0.709
-    # vs 0.731 on the other)
-    viewpoint_refit_steps: NonNegativeInt = 300
+    # articulated: refine this many steps on the track and on its alternative, go on with the alternative only if
+    # its loss ends lower and its silhouette IoU no lower (adapt/pose_space.py: refit_choice); 0 = off, the
+    # default since session 35: with the head and tail marked, the switches it made were wrong (birds_dev mallard
+    # turned back to front, IoU 0.723 vs 0.743 on the track; synthetic swimmer camera-frame Chamfer 0.0148 vs 0.0139)
+    # and it doubles the refinement's time
+    viewpoint_refit_steps: NonNegativeInt = 0
 
     def refine_steps(self, articulated: bool) -> int:
         """The refinement's steps for a free-form or an articulated predictor (``refine_iterations`` resolved)."""

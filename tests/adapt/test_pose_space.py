@@ -14,7 +14,8 @@ from adapt.config import AdaptConfig, LossWeights, OptimConfig
 from adapt.optimize import VideoCrops, VideoMaps
 from adapt.losses import fold_loss
 from adapt.pose_space import (PoseSpaceFit, articulated_terms, base_offset_terms, bone_prior_loss, pose_prior_loss,
-                              refine_best_track, refine_pose_space, select_frames, shape_reference, silhouette_fit)
+                              refine_best_track, refine_pose_space, refit_choice, select_frames, shape_reference,
+                              silhouette_fit)
 from adapt.viewpoint import ViewpointTrack
 from birdmesh.config import load_config
 from mesh_recon.articulated import ArticulatedPrediction
@@ -238,6 +239,16 @@ def test_refit_keeps_the_alternative_track_that_fits_after_refinement(template):
             torch.testing.assert_close(kept.pred.cams[:, 3:], above[:, 3:], atol=0.05, rtol=0)
         else:
             assert kept.report["candidates"] == ["track"] and kept.track.tolist() == [0, 0]
+
+
+def test_refit_choice_needs_the_loss_and_the_silhouette_to_agree():
+    # hand cases: (losses, silhouette IoUs) of the track then its alternative -> the one that goes on
+    assert refit_choice([0.558, 0.547], [0.745, 0.726]) == 0  # the mallard: lower loss, worse silhouette: kept
+    assert refit_choice([0.176, 0.165], [0.828, 0.845]) == 1  # the synthetic swimmer: both better: switched
+    assert refit_choice([0.464, 0.488], [0.617, 0.622]) == 0  # the flamingo: better silhouette, higher loss
+    assert refit_choice([0.30, 0.30], [0.7, 0.9]) == 0  # a tie in loss keeps the track
+    assert refit_choice([0.5, 0.4], [0.7, 0.7]) == 1  # an equal silhouette does not veto
+    assert refit_choice([0.3], [0.7]) == 0
 
 
 def _grown_bird_clip(template: SkinnedTemplate, T: int, S: int, growth: float):

@@ -27,7 +27,7 @@ from mesh_recon.skinned_template import SkinnedTemplate
 
 FAST = ["correspondence.method=pixels", "propagation.use_bf16=false", "input.max_side=160", "optim.iterations=2",
         "optim.refine_iterations=3", "optim.batch_size=3", "optim.render_size=32", "optim.refine_render_size=32",
-        "parts.num_parts=4", "export.overlay=false"]
+        "parts.num_parts=4", "export.overlay=false", "optim.viewpoint_refit_steps=3"]  # the refit is an option
 FPS, FRAMES = 12, 5
 
 
