@@ -39,7 +39,7 @@ from birdmesh.metrics import db_eval_iou
 from birdmesh.outdir import atomic_output_dir
 from birdmesh.video import read_image
 from mesh_recon.mesh import load_obj
-from mesh_recon.mesh_views import landmark_colours, mesh_view_tiles
+from mesh_recon.mesh_views import marked_colour, mesh_view_tiles
 
 from . import report as report_io
 from .export_articulated import canonical_from_world
@@ -230,21 +230,14 @@ def contact_cells(seq: EvalSequence, runs: dict, gt_masks: np.ndarray, gt3d: dic
     for t in picks:
         frame = read_image(seq.frames[frame_index[t]])
         cell = report_io.overlay_masks(frame, gt_masks[t], {m: r.masks[t] for m, r in runs.items()})
-        meshes = {m: marked_mesh(camera_frame_verts(r.verts[t:t + 1], r.cameras[t:t + 1])[0], r.faces,
-                                 report_io.METHOD_COLOURS.get(m, (200, 200, 0)), weights)
-                  for m, r in runs.items()}
+        meshes = {m: (camera_frame_verts(r.verts[t:t + 1], r.cameras[t:t + 1])[0], r.faces,
+                      report_io.METHOD_COLOURS.get(m, (200, 200, 0))) for m, r in runs.items()}
         if gt3d is not None:  # already in the camera frame, in the same pixels
-            meshes["GT"] = marked_mesh(gt3d["verts_camera"][t], gt3d["faces"], report_io.GT_COLOUR, weights)
+            meshes["GT"] = (gt3d["verts_camera"][t], gt3d["faces"], report_io.GT_COLOUR)
+        # the head and the tail tip marked: a bird facing backwards covers its silhouette as well
+        meshes = {m: (v, f, marked_colour(v, f, c, weights)) for m, (v, f, c) in meshes.items()}
         rows.append([(f"{seq.name} t={frame_index[t]}", cell), *mesh_view_tiles(meshes)])
     return rows
-
-
-def marked_mesh(verts: np.ndarray, faces: np.ndarray, colour: tuple, weights: list) -> tuple:
-    """(verts, faces, colours) for ``mesh_view_tiles``: the head and the tail tip marked (``landmark_colours``) with
-    the first of ``weights`` ((K, V) keypoint weights or None, one per run's predictor) made for this mesh's
-    vertices; the plain colour when none is (the truth of a free-form run, a foreign checkpoint)."""
-    fitting = [w for w in weights if w is not None and w.shape[1] == len(verts) and w.shape[0] >= 10]
-    return verts, faces, landmark_colours(verts, faces, fitting[0], colour) if fitting else colour
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -34,7 +34,7 @@ from .checkpoint import DEFAULT_WEIGHTS, load_predictor
 from .crop import crop_around_mask, crop_image
 from .geometry import ndc_to_pixels, quaternion_to_rotation_matrix
 from .mesh import vertex_normals
-from .mesh_views import TILE, landmark_colours, mesh_view_tiles
+from .mesh_views import TILE, marked_colour, mesh_view_tiles
 from .predictor import MeshPredictor, Prediction, project_keypoints, project_vertices, texture_from_flow
 from .render import interpolate_hard, render_hard, sample_texture_hard
 from .synth import SynthSettings, generate_batch
@@ -170,10 +170,8 @@ def view_panels(images: Tensor, verts: Tensor, cams: Tensor, faces: Tensor, vert
         meshes = {}
         for label, v, cam, f, colour in (("pred", verts[i], cams[i], faces, (220, 40, 40)),
                                           ("GT", verts_gt[i], cams_gt[i], faces_gt, (40, 200, 60))):
-            v = camera_frame(v, cam)
-            if weights is not None and weights.shape[1] == len(v):
-                colour = landmark_colours(v, f.cpu().numpy(), weights, colour)
-            meshes[label] = (v, f.cpu().numpy(), colour)
+            v, f = camera_frame(v, cam), f.cpu().numpy()
+            meshes[label] = (v, f, marked_colour(v, f, colour, [weights]))
         tiles = [cv2.resize(image, (TILE, TILE), interpolation=cv2.INTER_AREA)]
         for title, tile in mesh_view_tiles(meshes):
             tile = tile.copy()

@@ -88,6 +88,14 @@ def landmark_colours(verts: np.ndarray, faces: np.ndarray, keypoint_weights: np.
     return out
 
 
+def marked_colour(verts: np.ndarray, faces: np.ndarray, colour, keypoint_weights: list):
+    """``landmark_colours`` with the first of ``keypoint_weights`` ((K, V) arrays, K >= 10, or None: one per
+    predictor that could have made the mesh) made for these vertices; the plain ``colour`` when none is (a ground
+    truth with other vertices than the predictor's, a checkpoint without keypoints)."""
+    fitting = [w for w in keypoint_weights if w is not None and w.shape[0] >= 10 and w.shape[1] == len(verts)]
+    return landmark_colours(verts, faces, fitting[0], colour) if fitting else colour
+
+
 def mesh_view_tiles(meshes: dict, size: int = TILE) -> list[tuple[str, np.ndarray]]:
     """One row of labelled tiles: for each mesh, its camera, side and top views at one shared scale.
 

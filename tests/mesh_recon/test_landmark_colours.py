@@ -1,8 +1,7 @@
 """Head and tail marks of the mesh views (mesh_recon.mesh_views.landmark_colours, per-face colours in shade_views)."""
 import numpy as np
 
-from adapt.evaluate import marked_mesh
-from mesh_recon.mesh_views import HEAD_COLOUR, LANDMARK_REACH, TAIL_COLOUR, landmark_colours, shade_views
+from mesh_recon.mesh_views import HEAD_COLOUR, LANDMARK_REACH, TAIL_COLOUR, landmark_colours, marked_colour, shade_views
 
 # a strip of 10 quads (20 triangles) along x from -1 to 1, at z = 0
 XS = np.linspace(-1.0, 1.0, 11)
@@ -57,8 +56,8 @@ def test_face_colours_shade_like_one_colour_per_face():
     assert np.array_equal(mixed[blue_part], blue[blue_part]) and np.array_equal(mixed[red_part], red[red_part])
 
 
-def test_marked_mesh_takes_only_weights_made_for_the_mesh():
+def test_marked_colour_takes_only_weights_made_for_the_mesh():
     weights = _keypoints(bill=10, tail=0)
-    verts, faces, colour = marked_mesh(STRIP_V, STRIP_F, (1, 2, 3), [None, weights[:, :5], weights])
-    assert colour.shape == (len(STRIP_F), 3) and (colour == HEAD_COLOUR).all(1).any()
-    assert marked_mesh(STRIP_V, STRIP_F, (1, 2, 3), [None, weights[:, :5]])[2] == (1, 2, 3)
+    colour = marked_colour(STRIP_V, STRIP_F, (1, 2, 3), [None, weights[:, :5], weights])
+    assert np.array_equal(colour, landmark_colours(STRIP_V, STRIP_F, weights, (1, 2, 3)))
+    assert marked_colour(STRIP_V, STRIP_F, (1, 2, 3), [None, weights[:, :5], weights[:9]]) == (1, 2, 3)
