@@ -77,6 +77,12 @@ class LossWeights:
     # 0.017 -> 0.010: stray patches of the propagated mask far from the bird outweighed its edges), birds_dev IoU
     # 0.630 -> 0.649, part accuracy 0.638 -> 0.613
     coverage_radius: Optional[Positive] = None
+    # the same pull part by part (adapt/losses.py: part_coverage_loss): a pixel propagated as part k and not drawn
+    # as part k pulls the nearest vertex of part k. null = by predictor: 0 free-form (not measured), 10 articulated:
+    # birds_dev (600 refinement steps) part accuracy 0.614 -> 0.633, IoU 0.707 -> 0.699, d=10 0.650 -> 0.639 (50:
+    # 0.673, 0.695, 0.631); it does not turn the flamingo's leg into its neck: the parts are mapped to the mesh
+    # through its own first-frame fit, where the leg already covers the neck
+    part_coverage: Optional[NonNegative] = None
     texture: NonNegative = 0.5  # shared video texture rendered vs the frame (masked L1)
     # ARAP energy between each frame's mesh and the shared base shape. With the predictor's alignment head (shipped
     # since 2026-12-02) 0.3 -> 1 keeps the video's shapes closer (birds_dev seed 0: consistency d=10 0.700 -> 0.704,
@@ -119,6 +125,12 @@ class LossWeights:
             return self.coverage_radius
         return 0.05 if articulated else None
 
+    def part_coverage_weight(self, articulated: bool) -> float:
+        """``part_coverage`` resolved: as set, or by predictor (0 free-form, 10 articulated)."""
+        if self.part_coverage is not None:
+            return self.part_coverage
+        return 10.0 if articulated else 0.0
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -130,11 +142,12 @@ class OptimConfig:
     sigma: Positive = 1e-4  # SoftRas coverage sharpness (NDC^2)
     gamma: Positive = 1e-4  # SoftRas depth temperature
     base_momentum: Fraction = 0.9  # running average of the shared base shape (per step)
-    # per-frame refinement after the adaptation, steps over windows of batch_size frames (0 = off); None = by
-    # predictor: 600 free-form (adapt/refine.py: symmetric vertex offsets + camera corrections + one offset shared by
-    # the video; birds_dev adapted IoU 0.712 -> 0.767 with the step-15500 predictor), 300 articulated
-    # (adapt/pose_space.py; with the pose anchor, synthetic Chamfer 0.0196 at 600 -> 0.0192 at 300, half the time)
-    refine_iterations: Optional[NonNegativeInt] = None
+    # per-frame refinement after the adaptation, steps over windows of batch_size frames (0 = off). Free-form
+    # (adapt/refine.py: symmetric vertex offsets + camera corrections + one offset shared by the video): birds_dev
+    # adapted IoU 0.712 -> 0.767 with the step-15500 predictor. Articulated (adapt/pose_space.py): each frame's
+    # rotations and camera move only in the steps whose window holds it, 8 frames a step; birds_dev IoU 0.673 /
+    # 0.707 / 0.725 at 300 / 600 / 1200 steps (session 36; 300 was the default until then)
+    refine_iterations: NonNegativeInt = 600
     refine_lr: Positive = 3e-3  # Adam learning rate of the offsets (canonical units) and camera corrections
     refine_render_size: RenderSide = 64  # side of the soft renders during the refinement
     # articulated refinement: one free symmetric per-vertex offset of the video's base shape beside the smooth basis
@@ -147,12 +160,6 @@ class OptimConfig:
     # turned back to front, IoU 0.723 vs 0.743 on the track; synthetic swimmer camera-frame Chamfer 0.0148 vs 0.0139)
     # and it doubles the refinement's time
     viewpoint_refit_steps: NonNegativeInt = 0
-
-    def refine_steps(self, articulated: bool) -> int:
-        """The refinement's steps for a free-form or an articulated predictor (``refine_iterations`` resolved)."""
-        if self.refine_iterations is not None:
-            return self.refine_iterations
-        return 300 if articulated else 600
 
 
 @dataclass(frozen=True)

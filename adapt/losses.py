@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from correspondence.ops import coordinate_grid
+from mesh_recon.losses import coverage_pulls
 from mesh_recon.mesh import arap_energy, face_normals, laplacian_smoothing_loss
+from mesh_recon.shade import sample_texture_points
 
 
 def part_centres(parts: Tensor) -> tuple[Tensor, Tensor]:
@@ -52,6 +54,40 @@ def part_correspondence_loss(rendered: Tensor, observed: Tensor, min_mass: float
     centre_o, _ = part_centres(observed)
     centre_loss = (((centre_r - centre_o) ** 2).sum(-1) * present).sum() / count
     return map_loss, centre_loss
+
+
+def vertex_parts(parts_uv: Tensor, faces: Tensor, face_uvs: Tensor, num_verts: int) -> Tensor:
+    """(V,) int64 part of each vertex: the video-level part UV map ``parts_uv`` (K + 1, Hu, Wu) sampled at the
+    vertex's face corners ``face_uvs`` (F, 3, 2) of ``faces`` (F, 3), summed over them, argmax (0 = background)."""
+    zero = torch.zeros(face_uvs.shape[0] * 3, dtype=torch.long, device=parts_uv.device)
+    corner = sample_texture_points(parts_uv[None], face_uvs.reshape(-1, 2).T.to(parts_uv.dtype), zero)  # (K+1, 3F)
+    summed = torch.zeros(num_verts, parts_uv.shape[0], dtype=parts_uv.dtype, device=parts_uv.device)
+    return summed.index_add_(0, faces.reshape(-1), corner.T).argmax(1)
+
+
+def part_coverage_loss(verts_ndc: Tensor, vert_part: Tensor, rendered: Tensor, observed: Tensor,
+                       radius: float | None = None) -> Tensor:
+    """The coverage pull part by part: every pixel propagated as part k (> 0.5) that the rendering does not show as
+    part k pulls the nearest projected vertex of part k (``coverage_loss``, Huber beyond ``radius``).
+
+    The plain coverage pull stops once the silhouette covers a pixel, whichever limb covers it, and pulls whichever
+    vertex is nearest: a flamingo's leg drawn over the water where its head feeds satisfies it. The propagated parts
+    say which part of the bird is there.
+    Args:
+        verts_ndc: (B, V, 2+) projected vertices; vert_part: (V,) int64 (``vertex_parts``);
+        rendered, observed: (B, K + 1, S, S) soft part maps (channel 0 background).
+    Returns:
+        scalar: sum of weighted pulls over parts / the pixels of all parts (0 when every part is where it was seen).
+    """
+    total, area = verts_ndc.new_zeros(()), verts_ndc.new_zeros(())
+    for k in range(1, observed.shape[1]):  # one nearest-vertex search per part, among its own vertices
+        members = torch.nonzero(vert_part == k).squeeze(1)
+        if len(members) == 0:
+            area = area + (observed[:, k] > 0.5).sum()
+            continue
+        pulls, observed_k = coverage_pulls(verts_ndc[:, members], observed[:, k:k + 1], rendered[:, k:k + 1], radius)
+        total, area = total + pulls, area + observed_k
+    return total / area.clamp_min(1.0)
 
 
 def base_shape_loss(verts: Tensor, base: Tensor, faces: Tensor, laplacian: Tensor) -> tuple[Tensor, Tensor]:

@@ -21,8 +21,8 @@ from mesh_recon.render import SoftRenderer, SoftRenderSettings
 
 from .config import LossWeights, OptimConfig
 from .flags import inside_frame
-from .losses import (FoldReference, base_shape_loss, fold_loss, part_correspondence_loss, quaternion_smoothness,
-                     temporal_smoothness)
+from .losses import (FoldReference, base_shape_loss, fold_loss, part_correspondence_loss, part_coverage_loss,
+                     quaternion_smoothness, temporal_smoothness, vertex_parts)
 from .parts import UVPool, texel_surface, texel_visibility, uv_maps_from_flow
 
 
@@ -111,11 +111,11 @@ def _resize(x: Tensor, size: int) -> Tensor:
 
 
 def image_terms(pred: Prediction, crops: VideoCrops, frames: Tensor, maps: VideoMaps, renderer: SoftRenderer,
-                coverage_radius: float | None = None) -> tuple[dict, Tensor]:
+                coverage_radius: float | None = None, part_coverage: bool = False) -> tuple[dict, Tensor]:
     """The terms comparing renders with the video, for a window of consecutive frames ``frames`` (B,): parts,
     silhouette, coverage (its pull capped beyond ``coverage_radius``, ``mesh_recon.losses.coverage_loss``), texture,
-    and the cameras' smoothness. Shared by the free-form and the articulated adaptation. Returns (terms, the
-    projected vertices (B, V, 3))."""
+    and the cameras' smoothness; with ``part_coverage`` also the pull part by part (``losses.part_coverage_loss``).
+    Shared by the free-form and the articulated adaptation. Returns (terms, the projected vertices (B, V, 3))."""
     B, size = len(frames), renderer.height
     verts_ndc = weak_perspective_project(pred.verts, pred.cams)
     texture = torch.cat([maps.parts, maps.texture])[None].expand(B, -1, -1, -1)
@@ -134,6 +134,10 @@ def image_terms(pred: Prediction, crops: VideoCrops, frames: Tensor, maps: Video
         terms["part_map"], terms["part_centre"] = part_correspondence_loss(parts_r[valid], parts_o[valid])
         terms["silhouette"] = silhouette_loss(sil_r[valid], mask_o[valid])
         terms["coverage"] = coverage_loss(verts_ndc[valid], mask_o[valid], sil_r[valid], coverage_radius)
+        if part_coverage:
+            vert_part = vertex_parts(maps.parts, pred.faces, pred.face_uvs, pred.verts.shape[1])
+            terms["part_coverage"] = part_coverage_loss(verts_ndc[valid], vert_part, parts_r[valid], parts_o[valid],
+                                                        coverage_radius)
         terms["texture"] = masked_l1(rgb_r[valid], image_o[valid], mask_o[valid])
     cams_px = crop_cameras_to_pixels(pred.cams, crops.boxes[frames])
     scale = cams_px.new_tensor([max(crops.frame_hw), crops.frame_hw[1], crops.frame_hw[0]])
@@ -153,7 +157,8 @@ def adaptation_losses(pred: Prediction, crops: VideoCrops, frames: Tensor, maps:
     """All free-form adaptation terms for a window of consecutive frames ``frames`` (B,) with predictions ``pred``:
     ``image_terms`` plus the base-shape terms (ARAP to the shared base, Laplacian and smoothness of the residual)
     and, given ``fold`` (the predictor's mean bird), no folds beyond the mean bird's."""
-    terms, _ = image_terms(pred, crops, frames, maps, renderer, weights.coverage_radius)
+    terms, _ = image_terms(pred, crops, frames, maps, renderer, weights.coverage_radius,
+                           bool(weights.part_coverage))
     terms["arap"], terms["laplacian"] = base_shape_loss(pred.verts, maps.base, pred.faces, laplacian)
     terms["residual_smooth"] = temporal_smoothness(pred.verts - maps.base)
     if fold is not None:
@@ -211,7 +216,8 @@ def adapt_predictor(model: MeshPredictor, crops: VideoCrops, maps: VideoMaps, cf
         pred = model(crops.images[frames])
         if track is not None:
             pred = with_track(pred, track[frames])
-            terms, _ = image_terms(pred, crops, frames, maps, renderer, weights.coverage_radius)
+            terms, _ = image_terms(pred, crops, frames, maps, renderer, weights.coverage_radius,
+                                   bool(weights.part_coverage))
             terms.update(articulated_terms(pred, model.template, reference, frames))
             loss, stats = weigh(terms, weights)
         else:

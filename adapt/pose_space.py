@@ -154,9 +154,9 @@ def refine_pose_space(pred: ArticulatedPrediction, crops: VideoCrops, maps: Vide
                       cfg: OptimConfig, weights: LossWeights, seed: int = 0
                       ) -> tuple[ArticulatedPrediction, list[dict]]:
     """Optimise per-frame joint rotations and cameras, and the video's shared bones and residual (``PoseSpaceFit``)
-    for ``cfg.refine_steps(articulated=True)`` steps. Returns the refined prediction of all T frames and the loss
+    for ``cfg.refine_iterations`` steps. Returns the refined prediction of all T frames and the loss
     history."""
-    steps = cfg.refine_steps(articulated=True)
+    steps = cfg.refine_iterations
     if steps <= 0:
         ref = shape_reference(pred, template, crops.valid)
         return posed(pred, template, pred.rotations, ref.bone_scale, ref.residual, pred.cams), []
@@ -215,7 +215,8 @@ class PoseSpaceFit:
             tic = time.time()
             frames = torch.from_numpy(next(self.windows)).to(device)
             window = self.current(frames)
-            terms, _ = image_terms(window, self.crops, frames, self.maps, self.renderer, self.weights.coverage_radius)
+            terms, _ = image_terms(window, self.crops, frames, self.maps, self.renderer,
+                                   self.weights.coverage_radius, bool(self.weights.part_coverage))
             terms.update(articulated_terms(window, self.template, self.ref, frames))
             if self.cfg.base_offset:
                 terms.update(base_offset_terms(self.offset, self.laplacian, self.template.canonical_scale))
@@ -254,7 +255,7 @@ def refine_best_track(pred: ArticulatedPrediction, crops: VideoCrops, template: 
     track is chosen from the network's meshes; a bird that is not the predictor's songbird (a flamingo, a duck) can
     look better from the wrong side until its bones and pose have adapted, so the choice is made again after fitting.
     ``maps``: those of ``pred`` on ``viewpoint.track`` when already pooled (else pooled here)."""
-    steps = cfg.refine_steps(articulated=True)
+    steps = cfg.refine_iterations
     candidates = [viewpoint.track]
     if cfg.viewpoint_refit_steps > 0 and steps > 0 and viewpoint.alternative is not None:
         candidates.append(viewpoint.alternative)

@@ -49,13 +49,13 @@ def _select(pred: Prediction, frames: Tensor) -> Prediction:
 def refine_frames(pred: Prediction, crops: VideoCrops, maps: VideoMaps, sym: SymmetricMesh, cfg: OptimConfig,
                   weights: LossWeights, seed: int = 0, fold: FoldReference | None = None
                   ) -> tuple[Prediction, list[dict]]:
-    """Optimize per-frame offsets, camera corrections and a shared offset (``cfg.refine_steps(False)`` steps).
+    """Optimize per-frame offsets, camera corrections and a shared offset (``cfg.refine_iterations`` steps).
 
     Each step takes a window of up to ``cfg.batch_size`` consecutive frames (``frame_windows``, as the adaptation
     does), so the temporal terms see neighbours; ``fold`` as in ``adaptation_losses``. Returns the refined
     Prediction of all T frames and the loss history.
     """
-    steps = cfg.refine_steps(articulated=False)
+    steps = cfg.refine_iterations
     if steps <= 0:
         return pred, []
     T, num_free, device = len(crops.images), sym.num_centre + sym.num_right, pred.verts.device

@@ -123,7 +123,8 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
     maps = video_maps(pred, crops)
     lap("predict")
     # 4. Online adaptation.
-    fold, weights = None, dataclasses.replace(cfg.loss, coverage_radius=cfg.loss.coverage_reach(articulated))
+    fold, weights = None, dataclasses.replace(cfg.loss, coverage_radius=cfg.loss.coverage_reach(articulated),
+                                              part_coverage=cfg.loss.part_coverage_weight(articulated))
     if not (articulated or args.no_adapt) and cfg.loss.fold_free_form > 0:
         with torch.no_grad():  # free-form: no folds beyond the predictor's mean bird, with its own weight
             fold = fold_reference(predictor.mean_verts(), predictor.faces)
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace, cfg: AdaptConfig, out: Path) -> dict:
             viewpoint = video_viewpoint(pred, crops, switch_cost=cfg.optim.viewpoint_switch_cost)
         else:
             final = video_maps(pred, crops)
-    steps = 0 if args.no_adapt else cfg.optim.refine_steps(articulated)
+    steps = 0 if args.no_adapt else cfg.optim.refine_iterations
     optim = dataclasses.replace(cfg.optim, refine_iterations=steps)
     refit = None
     if articulated:  # the video shares one skeleton and base shape, adapted or not

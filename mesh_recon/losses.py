@@ -98,6 +98,14 @@ def coverage_loss(verts_ndc: Tensor, mask: Tensor, silhouette: Tensor, radius: f
     Returns:
         scalar: sum of weighted pulls / observed area (0 when everything is covered).
     """
+    pulls, observed = coverage_pulls(verts_ndc, mask, silhouette, radius)
+    return pulls / observed.clamp_min(1.0)
+
+
+def coverage_pulls(verts_ndc: Tensor, mask: Tensor, silhouette: Tensor, radius: float | None = None
+                   ) -> tuple[Tensor, Tensor]:
+    """``coverage_loss``'s numerator and denominator: (sum of weighted pulls, observed pixel count), scalars; args as
+    there."""
     B, _, H, W = mask.shape
     xy = verts_ndc[..., :2]
     grid = coordinate_grid(H, W, device=mask.device, dtype=xy.dtype)  # (H W, 2)
@@ -115,7 +123,7 @@ def coverage_loss(verts_ndc: Tensor, mask: Tensor, silhouette: Tensor, radius: f
     if radius is not None:
         distance = pull.clamp_min(1e-12).sqrt()
         pull = torch.where(distance <= radius, pull, radius * (2 * distance - radius))
-    return (uncovered[index] * pull).sum() / observed.sum().clamp_min(1.0)
+    return (uncovered[index] * pull).sum(), observed.sum()
 
 
 def vert2kp_entropy(vert2kp: Tensor) -> Tensor:

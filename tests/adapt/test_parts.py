@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from adapt.losses import part_centres, part_correspondence_loss, quaternion_smoothness, temporal_smoothness
+from adapt.losses import (part_centres, part_correspondence_loss, part_coverage_loss, quaternion_smoothness,
+                          temporal_smoothness, vertex_parts)
 from adapt.parts import UVPool, pool_uv_maps, random_parts, texel_surface, texel_visibility, uv_maps_from_flow
 from mesh_recon.geometry import weak_perspective_project
-from mesh_recon.mesh import face_spherical_uv, icosphere
+from mesh_recon.mesh import face_spherical_uv, icosphere, spherical_uv
 from mesh_recon.render import render_hard, sample_texture_hard
 
 UV_HW = (32, 64)
@@ -98,6 +99,66 @@ def test_part_losses_on_hand_made_maps():
     swapped = parts[:, [0, 2, 1]]
     map_loss, centre_loss = part_correspondence_loss(swapped, parts)
     assert torch.allclose(map_loss, torch.tensor(0.5)) and torch.allclose(centre_loss, torch.tensor(2.0))
+
+
+def test_vertex_parts_are_the_uv_stripes_the_vertices_lie_on():
+    verts, faces = icosphere(3)
+    k = 4
+    labels = vertex_parts(_blocky_uv_parts(k), faces, face_spherical_uv(verts, faces), len(verts))
+    u = spherical_uv(verts)[:, 0]
+    stripe = ((u + 1) / 2 * k).floor().clamp(0, k - 1).long()  # the stripe of each vertex, by hand
+    # a vertex near a stripe border (or the poles, whose u is any) may fall on either side: judge the others
+    inside = ((u + 1) / 2 * k - stripe - 0.5).abs() < 0.4
+    inside &= verts[:, :2].norm(dim=1) > 0.2
+    assert inside.sum() > 0.6 * len(verts)
+    assert torch.equal(labels[inside], stripe[inside])
+
+
+def test_part_coverage_pulls_the_nearest_vertex_of_the_part_seen_there():
+    observed, rendered = torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)
+    observed[0, 1, 0, 3] = 1.0  # part 1 seen at pixel centre (0.75, -0.75)
+    observed[0, 2, 3, 0] = 1.0  # part 2 seen at (-0.75, 0.75), already drawn as part 2
+    rendered[0, 2, 0, 3] = rendered[0, 2, 3, 0] = 1.0  # the silhouette covers both pixels, with part 2
+    # vertex 1 (part 2) is nearest to the part-1 pixel; vertex 0 is the nearest of part 1
+    verts = torch.tensor([[[-0.5, 0.0, 0.0], [0.5, -0.5, 0.0]]], requires_grad=True)
+    loss = part_coverage_loss(verts, torch.tensor([1, 2]), rendered, observed)
+    # (0.75 + 0.5)^2 + 0.75^2 over the 2 pixels of both parts
+    assert loss.item() == pytest.approx((1.25 ** 2 + 0.75 ** 2) / 2)
+    loss.backward()
+    assert torch.allclose(verts.grad, torch.tensor([[[-1.25, 0.75, 0.0], [0.0, 0.0, 0.0]]]))
+    assert part_coverage_loss(verts, torch.tensor([1, 2]), observed, observed).item() == 0.0
+    # no vertex of part 1: nothing to pull, the pixel still counts in the area
+    assert part_coverage_loss(verts, torch.tensor([2, 2]), rendered, observed).item() == 0.0
+    capped = part_coverage_loss(verts, torch.tensor([1, 2]), rendered, observed, radius=0.5)
+    distance = (1.25 ** 2 + 0.75 ** 2) ** 0.5
+    assert capped.item() == pytest.approx(0.5 * (2 * distance - 0.5) / 2)
+
+
+@pytest.mark.parametrize("radius", [None, 0.1])
+def test_part_coverage_equals_a_brute_force_search_part_by_part(radius):
+    g = torch.Generator().manual_seed(1)
+    verts = (torch.rand(2, 40, 3, generator=g) * 1.6 - 0.8).requires_grad_()
+    vert_part = torch.randint(0, 3, (40,), generator=g)  # parts 1, 2 and background (0)
+    vert_part[vert_part == 2] = 3  # part 2 has no vertex
+    observed, rendered = torch.rand(2, 4, 8, 8, generator=g), torch.rand(2, 4, 8, 8, generator=g)
+    loss = part_coverage_loss(verts, vert_part, rendered, observed, radius)
+    total, area = 0.0, 0.0
+    for b in range(2):
+        for k in range(1, 4):
+            for i in range(8):
+                for j in range(8):
+                    if observed[b, k, i, j] <= 0.5:
+                        continue
+                    area += 1
+                    members = torch.nonzero(vert_part == k).squeeze(1)
+                    if len(members) == 0:
+                        continue
+                    point = torch.tensor([(2 * j + 1) / 8 - 1, (2 * i + 1) / 8 - 1])
+                    pull = ((verts.detach()[b, members, :2] - point) ** 2).sum(1).min()
+                    if radius is not None and pull.sqrt() > radius:
+                        pull = radius * (2 * pull.sqrt() - radius)
+                    total = total + (1 - rendered[b, k, i, j]) * pull
+    assert loss.item() == pytest.approx(float(total) / area, rel=1e-5)
 
 
 def test_temporal_terms():

@@ -127,18 +127,18 @@ def test_pose_anchor_by_hand(template):
                         rel_tol=1e-5)
 
 
-def test_refinement_steps_and_coverage_reach_by_predictor():
-    # configs/adapt.yaml leaves refine_iterations null: each predictor gets its own number; a given number wins
+def test_coverage_reach_and_part_coverage_by_predictor():
+    # configs/adapt.yaml leaves coverage_radius null: squared for the free-form predictor, capped at 0.05 NDC for the
+    # articulated one; a given number wins
     path = Path(__file__).resolve().parents[2] / "configs" / "adapt.yaml"
     cfg = load_config(AdaptConfig, path)
-    assert cfg.optim.refine_iterations is None
-    assert (cfg.optim.refine_steps(articulated=True), cfg.optim.refine_steps(articulated=False)) == (300, 600)
-    fixed = load_config(AdaptConfig, path, ["optim.refine_iterations=0"]).optim
-    assert (fixed.refine_steps(True), fixed.refine_steps(False)) == (0, 0)
-    # the coverage pull likewise: squared for the free-form predictor, capped at 0.05 NDC for the articulated one
     assert (cfg.loss.coverage_reach(True), cfg.loss.coverage_reach(False)) == (0.05, None)
     capped = load_config(AdaptConfig, path, ["loss.coverage_radius=0.2"]).loss
     assert (capped.coverage_reach(True), capped.coverage_reach(False)) == (0.2, 0.2)
+    # the pull part by part: only for the articulated predictor unless set
+    assert (cfg.loss.part_coverage_weight(True), cfg.loss.part_coverage_weight(False)) == (10.0, 0.0)
+    pulled = load_config(AdaptConfig, path, ["loss.part_coverage=3"]).loss
+    assert (pulled.part_coverage_weight(True), pulled.part_coverage_weight(False)) == (3.0, 3.0)
 
 
 def test_silhouette_fit_by_hand(template):
